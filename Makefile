@@ -1,0 +1,45 @@
+# Quick start: `make demo`, then `make test`. Every target installs what is missing first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+OPA := $(shell command -v opa 2>/dev/null || echo bin/opa)
+
+.PHONY: bootstrap up down status demo test test-unit test-integration test-e2e rego-test lint fmt clean
+
+bootstrap:  ## install what this machine lacks (venvs, redis-server, opa)
+	@bash scripts/bootstrap.sh
+
+up: bootstrap  ## start the stack in the background and print its URLs
+	@$(VENV)/bin/extauthz dev up
+
+down:  ## stop exactly the processes `make up` started
+	@if [ -x $(VENV)/bin/extauthz ]; then $(VENV)/bin/extauthz dev down; fi
+
+status:
+	@$(VENV)/bin/extauthz dev status
+
+demo: bootstrap  ## start the stack and show allowed and denied requests through Envoy
+	@$(VENV)/bin/extauthz dev demo
+
+rego-test: bootstrap  ## opa check --strict, opa fmt, opa test (with coverage)
+	@$(OPA) check --strict rego/
+	@out=$$($(OPA) fmt --list rego/); if [ -n "$$out" ]; then echo "opa fmt needed: $$out"; exit 1; fi
+	@$(OPA) test rego/ -v | tail -n 3
+	@$(PY) scripts/rego_coverage.py "$(OPA)" 95
+
+test: bootstrap rego-test lint  ## everything: Rego tests, lint, unit, integration, e2e (real stack)
+	@$(PY) -m pytest -q -p no:cacheprovider tests
+
+test-unit: bootstrap
+	@$(PY) -m pytest -q tests/unit
+
+lint: bootstrap
+	@$(VENV)/bin/ruff check extauthz tests bench scripts
+	@$(VENV)/bin/ruff format --check extauthz tests bench scripts
+
+fmt: bootstrap
+	@$(VENV)/bin/ruff format extauthz tests bench scripts
+	@$(OPA) fmt -w rego/
+
+clean: down
+	rm -rf .run

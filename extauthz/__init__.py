@@ -1,0 +1,3 @@
+"""extauthz: an Envoy ext_authz policy service for ML inference endpoints."""
+
+__version__ = "0.1.0"

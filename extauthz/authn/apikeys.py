@@ -1,0 +1,203 @@
+"""API keys: random, shown once, stored only as a keyed hash with their principal.
+
+A key reads `eak_<id>.<secret>`: the id (48 random bits, not secret) finds the record, the
+secret (256 random bits) is checked by comparing HMAC-SHA256(pepper, key) in constant time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from extauthz.cache import TTLCache
+from extauthz.clock import Clock, system_clock
+from extauthz.types import Denied, Principal, Reason, Status
+
+PREFIX = "eak_"
+_ID_HEX = 12
+_DUMMY_HASH = "0" * 64
+
+
+def key_record_name(key_id: str) -> str:
+    """Redis key of a key's record; its hash tag is shared with that key's counters."""
+    return f"ea:{{key:{key_id}}}:key"
+
+
+def hash_key(pepper: bytes, key: str) -> str:
+    return hmac.new(pepper, key.encode(), hashlib.sha256).hexdigest()
+
+
+def split_key(key: str) -> str | None:
+    """The key id of a well-formed key, else None."""
+    if not key.startswith(PREFIX) or len(key) > 128:
+        return None
+    key_id, dot, secret = key[len(PREFIX) :].partition(".")
+    if not dot or len(key_id) != _ID_HEX or len(secret) < 22:
+        return None
+    if any(c not in "0123456789abcdef" for c in key_id):
+        return None
+    return key_id
+
+
+def new_key() -> tuple[str, str]:
+    """(key id, full key). The full key is shown once and never stored."""
+    key_id = secrets.token_hex(_ID_HEX // 2)
+    return key_id, f"{PREFIX}{key_id}.{secrets.token_urlsafe(32)}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    key_id: str
+    key_hash: str
+    subject: str
+    roles: tuple[str, ...]
+    projects: tuple[str, ...]
+    tier: str
+    created: int
+    expires: int  # epoch seconds; 0: never
+    status: str  # active | revoked
+
+    def to_redis(self) -> dict[str, str]:
+        return {
+            "hash": self.key_hash,
+            "subject": self.subject,
+            "roles": ",".join(self.roles),
+            "projects": ",".join(self.projects),
+            "tier": self.tier,
+            "created": str(self.created),
+            "expires": str(self.expires),
+            "status": self.status,
+        }
+
+    @classmethod
+    def from_redis(cls, key_id: str, raw: dict[bytes, bytes]) -> KeyRecord:
+        f = {k.decode(): v.decode() for k, v in raw.items()}
+        return cls(
+            key_id=key_id,
+            key_hash=f.get("hash", ""),
+            subject=f.get("subject", ""),
+            roles=tuple(r for r in f.get("roles", "").split(",") if r),
+            projects=tuple(p for p in f.get("projects", "").split(",") if p),
+            tier=f.get("tier", ""),
+            created=int(f.get("created") or 0),
+            expires=int(f.get("expires") or 0),
+            status=f.get("status", "revoked"),
+        )
+
+
+class KeyStore:
+    """API-key records in Redis (the CLI writes, the service reads)."""
+
+    def __init__(self, redis: aioredis.Redis, pepper: bytes, clock: Clock = system_clock) -> None:
+        self._redis = redis
+        self._pepper = pepper
+        self._clock = clock
+
+    async def create(
+        self,
+        subject: str,
+        roles: tuple[str, ...],
+        projects: tuple[str, ...],
+        tier: str,
+        expires_in: int = 0,
+    ) -> tuple[KeyRecord, str]:
+        key_id, key = new_key()
+        now = int(self._clock())
+        record = KeyRecord(
+            key_id=key_id,
+            key_hash=hash_key(self._pepper, key),
+            subject=subject,
+            roles=roles,
+            projects=projects,
+            tier=tier,
+            created=now,
+            expires=now + expires_in if expires_in else 0,
+            status="active",
+        )
+        name = key_record_name(key_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hset(name, mapping=record.to_redis())
+            pipe.sadd("ea:keys", key_id)
+            await pipe.execute()
+        return record, key
+
+    async def get(self, key_id: str) -> KeyRecord | None:
+        raw = await self._redis.hgetall(key_record_name(key_id))
+        return KeyRecord.from_redis(key_id, raw) if raw else None
+
+    async def revoke(self, key_id: str) -> bool:
+        name = key_record_name(key_id)
+        if not await self._redis.exists(name):
+            return False
+        await self._redis.hset(name, "status", "revoked")
+        return True
+
+    async def list(self) -> list[KeyRecord]:
+        ids = sorted(m.decode() for m in await self._redis.smembers("ea:keys"))
+        records = [await self.get(key_id) for key_id in ids]
+        return [r for r in records if r is not None]
+
+
+def credential_from_headers(headers: dict[str, str]) -> str | None:
+    """The API key a request presents, if any (Authorization: Bearer eak_…, or x-api-key)."""
+    auth = headers.get("authorization", "")
+    scheme, _, value = auth.partition(" ")
+    if scheme.lower() == "bearer" and value.strip().startswith(PREFIX):
+        return value.strip()
+    return headers.get("x-api-key") or None
+
+
+class ApiKeyAuthenticator:
+    """RequestView → Principal for API keys, or Denied(401)."""
+
+    def __init__(
+        self,
+        store: KeyStore,
+        pepper: bytes,
+        cache_ttl: float = 30.0,
+        cache_size: int = 10_000,
+        clock: Clock = system_clock,
+    ) -> None:
+        self._store = store
+        self._pepper = pepper
+        self._clock = clock
+        self._cache: TTLCache[str, KeyRecord] = TTLCache(cache_size, cache_ttl, clock)
+
+    async def authenticate(self, key: str) -> Principal:
+        key_id = split_key(key)
+        presented = hash_key(self._pepper, key)
+        if key_id is None:
+            raise Denied(Status.UNAUTHENTICATED, Reason.MALFORMED_CREDENTIAL)
+        record = self._cache.get(key_id)
+        if record is None:
+            try:
+                record = await self._store.get(key_id)
+            except (RedisError, OSError, TimeoutError) as exc:
+                raise Denied(Status.UNAVAILABLE, Reason.REDIS_UNAVAILABLE, type(exc).__name__) from exc
+            if record is not None:
+                self._cache.put(key_id, record)
+        # Compare even when the id is unknown, so both paths do the same work.
+        matches = hmac.compare_digest(presented, record.key_hash if record else _DUMMY_HASH)
+        if record is None:
+            raise Denied(Status.UNAUTHENTICATED, Reason.UNKNOWN_KEY)
+        if not matches:
+            raise Denied(Status.UNAUTHENTICATED, Reason.BAD_KEY_SECRET)
+        if record.status != "active":
+            raise Denied(Status.UNAUTHENTICATED, Reason.KEY_REVOKED)
+        if record.expires and record.expires <= self._clock():
+            raise Denied(Status.UNAUTHENTICATED, Reason.KEY_EXPIRED)
+        return Principal(
+            subject=record.subject,
+            roles=record.roles,
+            projects=record.projects,
+            tier=record.tier,
+            credential="api_key",
+            credential_id=key_id,
+            state_key=key_record_name(key_id),
+        )
+

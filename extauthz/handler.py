@@ -1,0 +1,88 @@
+"""Check(): one decision, one call per stage (see DESIGN.md, "One decision, in order")."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+
+from extauthz.authn.authenticator import Authenticator
+from extauthz.decisionlog import DecisionLog
+from extauthz.limits.limiter import Limiter
+from extauthz.policy.input import build_input
+from extauthz.policy.opa import OpaClient
+from extauthz.request import parse_check_request
+from extauthz.response import UPSTREAM_PREFIX, build_response
+from extauthz.types import Decision, Denied, PolicyDecision, Principal, Reason, Status
+
+log = logging.getLogger(__name__)
+
+_POLICY_STATUSES = {401: Status.UNAUTHENTICATED, 429: Status.RATE_LIMITED, 503: Status.UNAVAILABLE}
+
+
+class CheckHandler:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        policy: OpaClient,
+        limiter: Limiter,
+        decision_log: DecisionLog,
+        max_body_bytes: int,
+    ) -> None:
+        self._authn = authenticator
+        self._policy = policy
+        self._limiter = limiter
+        self._log = decision_log
+        self._max_body = max_body_bytes
+
+    async def check(self, request: CheckRequest) -> CheckResponse:
+        started = time.perf_counter_ns()
+        view = parse_check_request(request, self._max_body)
+        decision_id = uuid.uuid4().hex
+        principal: Principal | None = None
+        policy: PolicyDecision | None = None
+        try:
+            principal = await self._authn.authenticate(view)
+            policy = await self._policy.decide(build_input(view, principal))
+            if not policy.allow:
+                status = _POLICY_STATUSES.get(policy.status, Status.FORBIDDEN)
+                raise Denied(status, Reason.POLICY_DENY)
+            limits = await self._limiter.check(principal, policy.quota)
+            decision = Decision(
+                status=Status.OK if limits.allowed else Status.RATE_LIMITED,
+                reason=limits.reason,
+                decision_id=decision_id,
+                principal=principal,
+                policy=policy,
+                limits=limits,
+                upstream_headers=upstream_headers(principal, policy, decision_id),
+            )
+        except Denied as denied:
+            decision = Decision(
+                status=denied.status,
+                reason=denied.reason,
+                decision_id=decision_id,
+                principal=principal,
+                policy=policy,
+                extra={"detail": denied.detail},
+            )
+        except Exception:  # fail closed on anything unforeseen, and say so in our own log
+            log.exception("decision %s failed", decision_id)
+            decision = Decision(Status.UNAVAILABLE, Reason.INTERNAL_ERROR, decision_id, principal)
+        response = build_response(decision, view.headers)
+        self._log.record(view, decision, time.perf_counter_ns() - started)
+        return response
+
+
+def upstream_headers(
+    principal: Principal, policy: PolicyDecision, decision_id: str
+) -> tuple[tuple[str, str], ...]:
+    """Identity headers for the model server. Policy may add x-extauthz-* headers only."""
+    extra = tuple((k, v) for k, v in policy.headers if k.startswith(UPSTREAM_PREFIX))
+    return (
+        ("x-extauthz-subject", principal.subject),
+        ("x-extauthz-decision-id", decision_id),
+        *extra,
+    )

@@ -1,0 +1,91 @@
+"""Decision → CheckResponse. Denials carry a fixed generic body and never the reason."""
+
+from __future__ import annotations
+
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.service.auth.v3.external_auth_pb2 import (
+    CheckResponse,
+    DeniedHttpResponse,
+    OkHttpResponse,
+)
+from envoy.type.v3.http_status_pb2 import HttpStatus
+from google.rpc import status_pb2
+
+from extauthz.authn.authenticator import CREDENTIAL_HEADERS
+from extauthz.types import Decision, LimitResult, Status, WindowState
+
+UPSTREAM_PREFIX = "x-extauthz-"
+
+BODIES: dict[Status, bytes] = {
+    Status.UNAUTHENTICATED: b'{"error":"unauthenticated"}',
+    Status.FORBIDDEN: b'{"error":"forbidden"}',
+    Status.RATE_LIMITED: b'{"error":"rate_limited"}',
+    Status.UNAVAILABLE: b'{"error":"unavailable"}',
+}
+# google.rpc.Code for the CheckResponse status; Envoy only tests it against OK.
+_GRPC_CODE = {
+    Status.OK: 0,
+    Status.UNAUTHENTICATED: 16,
+    Status.FORBIDDEN: 7,
+    Status.RATE_LIMITED: 8,
+    Status.UNAVAILABLE: 14,
+}
+_OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def _header(name: str, value: str) -> HeaderValueOption:
+    return HeaderValueOption(header=HeaderValue(key=name, value=value), append_action=_OVERWRITE)
+
+
+def ratelimit_headers(windows: tuple[WindowState, ...]) -> list[tuple[str, str]]:
+    """RateLimit-Policy and RateLimit (draft-ietf-httpapi-ratelimit-headers, structured fields)."""
+    if not windows:
+        return []
+    policy = ", ".join(f'"{s.window.name}";q={s.window.limit};w={s.window.window}' for s in windows)
+    state = ", ".join(f'"{s.window.name}";r={s.remaining};t={s.reset}' for s in windows)
+    return [("ratelimit-policy", policy), ("ratelimit", state)]
+
+
+def _limit_headers(limits: LimitResult | None) -> list[tuple[str, str]]:
+    return ratelimit_headers(limits.windows) if limits else []
+
+
+def build_ok(decision: Decision, request_headers: dict[str, str]) -> CheckResponse:
+    upstream = dict(decision.upstream_headers)
+    # A client may not speak for us: drop every x-extauthz-* it sent that we do not overwrite.
+    spoofed = [
+        name for name in request_headers if name.startswith(UPSTREAM_PREFIX) and name not in upstream
+    ]
+    removed = [name for name in CREDENTIAL_HEADERS if name in request_headers] + spoofed
+    return CheckResponse(
+        status=status_pb2.Status(code=0),
+        ok_response=OkHttpResponse(
+            headers=[_header(k, v) for k, v in upstream.items()],
+            headers_to_remove=removed,
+            response_headers_to_add=[_header(k, v) for k, v in _limit_headers(decision.limits)],
+        ),
+    )
+
+
+def build_denied(decision: Decision) -> CheckResponse:
+    status = decision.status
+    headers = [("content-type", "application/json"), ("cache-control", "no-store")]
+    if status is Status.UNAUTHENTICATED:
+        headers.append(("www-authenticate", "Bearer"))
+    if status is Status.RATE_LIMITED and decision.limits is not None:
+        headers.append(("retry-after", str(decision.limits.retry_after)))
+        headers.extend(_limit_headers(decision.limits))
+    return CheckResponse(
+        status=status_pb2.Status(code=_GRPC_CODE.get(status, 7)),
+        denied_response=DeniedHttpResponse(
+            status=HttpStatus(code=int(status)),
+            headers=[_header(k, v) for k, v in headers],
+            body=BODIES[status].decode(),
+        ),
+    )
+
+
+def build_response(decision: Decision, request_headers: dict[str, str]) -> CheckResponse:
+    if decision.allowed:
+        return build_ok(decision, request_headers)
+    return build_denied(decision)

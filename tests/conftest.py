@@ -1,0 +1,51 @@
+"""Shared fixtures. Integration and e2e tests run ONE real stack per session, on free ports,
+so they can run beside a `make up` stack."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from extauthz.devstack import Stack
+from extauthz.settings import Settings
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def stack_settings(run_dir: Path) -> Settings:
+    envoy, admin, opa, redis, model, model_grpc, svc = free_ports(7)
+    return Settings(
+        run_dir=run_dir,
+        envoy_port=envoy,
+        envoy_admin_port=admin,
+        opa_url=f"http://127.0.0.1:{opa}",
+        redis_url=f"redis://127.0.0.1:{redis}/0",
+        model_port=model,
+        model_grpc_port=model_grpc,
+        port=svc,
+        key_pepper_file=run_dir / "key-pepper",
+    )
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    run_dir = tmp_path_factory.mktemp("stack")
+    stack = Stack(stack_settings(run_dir), floor_port=free_ports(1)[0])
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.down()

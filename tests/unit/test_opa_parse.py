@@ -1,0 +1,40 @@
+import pytest
+
+from extauthz.policy.opa import parse_decision
+from extauthz.types import Denied, Reason, Status, Window
+
+
+def test_allow_with_quota_and_headers() -> None:
+    d = parse_decision({
+        "decision_id": "abc",
+        "result": {"allow": True, "status": 200, "reason": "ok",
+                   "quota": [{"name": "minute", "limit": 5, "window": 60}],
+                   "headers": {"X-Extauthz-Tier": "trial"}},
+    })
+    assert d.allow and d.status == 200 and d.decision_id == "abc"
+    assert d.quota == (Window("minute", 5, 60),)
+    assert d.headers == (("x-extauthz-tier", "trial"),)
+
+
+def test_deny_keeps_reason_and_status() -> None:
+    d = parse_decision({"result": {"allow": False, "status": 403, "reason": "project_mismatch"}})
+    assert not d.allow and d.status == 403 and d.reason == "project_mismatch"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},  # undefined decision: policy not loaded
+        {"result": True},
+        {"result": {"allow": "yes"}},
+        {"result": {"reason": "ok"}},
+        {"result": {"allow": True, "quota": [{"name": "m", "limit": 5}]}},
+        {"result": {"allow": True, "quota": [{"name": "m", "limit": 5, "window": 0}]}},
+        {"result": {"allow": True, "quota": [{"name": "m", "limit": "x", "window": 1}]}},
+    ],
+)
+def test_malformed_decisions_fail_closed(body: dict) -> None:
+    with pytest.raises(Denied) as info:
+        parse_decision(body)
+    assert info.value.status is Status.UNAVAILABLE
+    assert info.value.reason is Reason.OPA_BAD_RESPONSE
