@@ -34,11 +34,11 @@ test-unit: bootstrap
 	@$(PY) -m pytest -q tests/unit
 
 lint: bootstrap
-	@$(VENV)/bin/ruff check extauthz tests bench scripts
-	@$(VENV)/bin/ruff format --check extauthz tests bench scripts
+	@$(VENV)/bin/ruff check extauthz tests bench scripts modelserver
+	@$(VENV)/bin/ruff format --check extauthz tests bench scripts modelserver
 
 fmt: bootstrap
-	@$(VENV)/bin/ruff format extauthz tests bench scripts
+	@$(VENV)/bin/ruff format extauthz tests bench scripts modelserver
 	@$(OPA) fmt -w rego/
 
 clean: down

@@ -24,6 +24,13 @@ def parse_duration(text: str) -> int:
     return int(match[1]) * _UNITS[match[2]]
 
 
+_WIDTHS = (14, 16, 20, 18, 10, 9)
+
+
+def _when(epoch: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)) if epoch else "never"
+
+
 def _csv(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
@@ -32,7 +39,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from extauthz.server import serve
 
     settings = load_settings()
-    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     asyncio.run(serve(settings))
     return 0
 
@@ -51,17 +60,29 @@ async def _with_store(fn):  # type: ignore[no-untyped-def]
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
     async def create(store):  # type: ignore[no-untyped-def]
-        return await store.create(args.subject, args.roles, args.projects, args.tier, args.expires_in)
+        return await store.create(
+            args.subject, args.roles, args.projects, args.tier, args.expires_in
+        )
 
     record, key = asyncio.run(_with_store(create))
     if args.json:
-        print(json.dumps({"key_id": record.key_id, "key": key, "subject": record.subject,
-                          "expires": record.expires}))
+        print(
+            json.dumps(
+                {
+                    "key_id": record.key_id,
+                    "key": key,
+                    "subject": record.subject,
+                    "expires": record.expires,
+                }
+            )
+        )
     else:
         print(f"key id:  {record.key_id}")
-        print(f"subject: {record.subject}  roles: {','.join(record.roles)}  "
-              f"projects: {','.join(record.projects)}  tier: {record.tier}")
-        print(f"expires: {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(record.expires)) if record.expires else 'never'}")
+        print(
+            f"subject: {record.subject}  roles: {','.join(record.roles)}  "
+            f"projects: {','.join(record.projects)}  tier: {record.tier}"
+        )
+        print(f"expires: {_when(record.expires)}")
         print(f"key:     {key}")
         print("This key is shown once; only its keyed hash is stored.", file=sys.stderr)
     return 0
@@ -83,12 +104,12 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         return await store.list()
 
     records = asyncio.run(_with_store(list_keys))
-    print(f"{'KEY ID':<14}{'SUBJECT':<16}{'ROLES':<20}{'PROJECTS':<18}{'TIER':<10}{'STATUS':<9}EXPIRES")
+    header = ("KEY ID", "SUBJECT", "ROLES", "PROJECTS", "TIER", "STATUS")
+    print("".join(f"{h:<{w}}" for h, w in zip(header, _WIDTHS, strict=True)) + "EXPIRES")
     for r in records:
-        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(r.expires)) if r.expires else "never"
         status = r.status if not (r.expires and r.expires <= time.time()) else "expired"
-        print(f"{r.key_id:<14}{r.subject:<16}{','.join(r.roles):<20}{','.join(r.projects):<18}"
-              f"{r.tier:<10}{status:<9}{expires}")
+        row = (r.key_id, r.subject, ",".join(r.roles), ",".join(r.projects), r.tier, status)
+        print("".join(f"{c:<{w}}" for c, w in zip(row, _WIDTHS, strict=True)) + _when(r.expires))
     return 0
 
 
@@ -155,13 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=cmd_serve)
 
-    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(dest="keys_command", required=True)
+    keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
     create = keys.add_parser("create", help="create a key (printed once)")
     create.add_argument("--subject", required=True)
     create.add_argument("--roles", type=_csv, required=True, help="comma-separated roles")
     create.add_argument("--projects", type=_csv, required=True, help="comma-separated projects")
     create.add_argument("--tier", default="standard", help="quota tier (see rego data)")
-    create.add_argument("--expires-in", type=parse_duration, default=0, help="e.g. 30d; default never")
+    create.add_argument(
+        "--expires-in", type=parse_duration, default=0, help="e.g. 30d; default never"
+    )
     create.add_argument("--json", action="store_true", help="machine-readable output")
     create.set_defaults(func=cmd_keys_create)
     revoke = keys.add_parser("revoke", help="revoke a key by id (takes effect on the next request)")
@@ -169,18 +194,24 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.set_defaults(func=cmd_keys_revoke)
     keys.add_parser("list", help="list keys (never secrets)").set_defaults(func=cmd_keys_list)
 
-    envoy = sub.add_parser("envoy", help="Envoy configuration").add_subparsers(dest="envoy_command", required=True)
+    envoy = sub.add_parser("envoy", help="Envoy configuration").add_subparsers(
+        dest="envoy_command", required=True
+    )
     envoy.add_parser("render", help="print the Envoy config for the current settings").set_defaults(
         func=cmd_envoy_render
     )
 
-    dev = sub.add_parser("dev", help="the local stack").add_subparsers(dest="dev_command", required=True)
-    dev.add_parser("up", help="start Redis, OPA, MLServer, extauthz, Envoy").set_defaults(func=cmd_dev_up)
+    dev = sub.add_parser("dev", help="the local stack").add_subparsers(
+        dest="dev_command", required=True
+    )
+    dev.add_parser("up", help="start Redis, OPA, MLServer, extauthz, Envoy").set_defaults(
+        func=cmd_dev_up
+    )
     dev.add_parser("down", help="stop what `dev up` started").set_defaults(func=cmd_dev_down)
     dev.add_parser("status", help="which components run").set_defaults(func=cmd_dev_status)
-    dev.add_parser("demo", help="start the stack and show allowed and denied requests").set_defaults(
-        func=cmd_dev_demo
-    )
+    dev.add_parser(
+        "demo", help="start the stack and show allowed and denied requests"
+    ).set_defaults(func=cmd_dev_demo)
     return parser
 
 

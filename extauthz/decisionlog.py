@@ -38,7 +38,9 @@ class DecisionLog:
         self._listener.stop()
 
     def record(self, view: RequestView, decision: Decision, duration_ns: int) -> None:
-        self._logger.info(json.dumps(decision_record(view, decision, duration_ns), separators=(",", ":")))
+        self._logger.info(
+            json.dumps(decision_record(view, decision, duration_ns), separators=(",", ":"))
+        )
 
 
 def decision_record(view: RequestView, decision: Decision, duration_ns: int) -> dict[str, Any]:
@@ -59,7 +61,9 @@ def decision_record(view: RequestView, decision: Decision, duration_ns: int) -> 
         "model": view.route.name or None,
         "action": view.route.action or None,
         "source_ip": view.source_ip,
-        "retry_after": decision.limits.retry_after if decision.limits and not decision.limits.allowed else None,
+        "retry_after": decision.limits.retry_after
+        if decision.limits and not decision.limits.allowed
+        else None,
         "detail": decision.extra.get("detail") or None,
         "duration_us": duration_ns // 1000,
     }

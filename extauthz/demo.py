@@ -11,13 +11,104 @@ from extauthz.authn.apikeys import KeyStore
 from extauthz.devstack import ORDER, Stack, StackError
 from extauthz.wiring import key_pepper, redis_client
 
-DIGIT_ZERO = [0, 0, 5, 13, 9, 1, 0, 0, 0, 0, 13, 15, 10, 15, 5, 0, 0, 3, 15, 2, 0, 11, 8, 0,
-              0, 4, 12, 0, 0, 8, 8, 0, 0, 5, 8, 0, 0, 9, 8, 0, 0, 4, 11, 0, 1, 12, 7, 0,
-              0, 2, 14, 5, 10, 12, 0, 0, 0, 0, 6, 13, 10, 0, 0, 0]  # load_digits()[0], a "0"
-CANCER_ROW = [17.99, 10.38, 122.8, 1001.0, 0.1184, 0.2776, 0.3001, 0.1471, 0.2419, 0.07871,
-              1.095, 0.9053, 8.589, 153.4, 0.006399, 0.04904, 0.05373, 0.01587, 0.03003,
-              0.006193, 25.38, 17.33, 184.6, 2019.0, 0.1622, 0.6656, 0.7119, 0.2654, 0.4601,
-              0.1189]  # load_breast_cancer()[0]
+DIGIT_ZERO = [
+    0,
+    0,
+    5,
+    13,
+    9,
+    1,
+    0,
+    0,
+    0,
+    0,
+    13,
+    15,
+    10,
+    15,
+    5,
+    0,
+    0,
+    3,
+    15,
+    2,
+    0,
+    11,
+    8,
+    0,
+    0,
+    4,
+    12,
+    0,
+    0,
+    8,
+    8,
+    0,
+    0,
+    5,
+    8,
+    0,
+    0,
+    9,
+    8,
+    0,
+    0,
+    4,
+    11,
+    0,
+    1,
+    12,
+    7,
+    0,
+    0,
+    2,
+    14,
+    5,
+    10,
+    12,
+    0,
+    0,
+    0,
+    0,
+    6,
+    13,
+    10,
+    0,
+    0,
+    0,
+]  # load_digits()[0], a "0"
+CANCER_ROW = [
+    17.99,
+    10.38,
+    122.8,
+    1001.0,
+    0.1184,
+    0.2776,
+    0.3001,
+    0.1471,
+    0.2419,
+    0.07871,
+    1.095,
+    0.9053,
+    8.589,
+    153.4,
+    0.006399,
+    0.04904,
+    0.05373,
+    0.01587,
+    0.03003,
+    0.006193,
+    25.38,
+    17.33,
+    184.6,
+    2019.0,
+    0.1622,
+    0.6656,
+    0.7119,
+    0.2654,
+    0.4601,
+    0.1189,
+]  # load_breast_cancer()[0]
 
 
 def infer_body(features: list[float]) -> bytes:
@@ -25,12 +116,16 @@ def infer_body(features: list[float]) -> bytes:
     return json.dumps({"inputs": [tensor]}).encode()
 
 
-def send(url: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(url, data=body, headers=headers, method="POST" if body else "GET")
+def send(
+    url: str, body: bytes | None, headers: dict[str, str]
+) -> tuple[int, dict[str, str], bytes]:
+    request = urllib.request.Request(
+        url, data=body, headers=headers, method="POST" if body else "GET"
+    )
     if body:
         request.add_header("content-type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 - loopback
+        with urllib.request.urlopen(request, timeout=10) as resp:
             return resp.status, dict(resp.headers), resp.read()
     except urllib.error.HTTPError as err:
         return err.code, dict(err.headers), err.read()
@@ -69,12 +164,22 @@ def run_demo(stack: Stack) -> int:
     auth = {name: {"authorization": f"Bearer {key}"} for name, key in keys.items()}
     cases = [
         ("no credentials → digits", digits, infer_body(DIGIT_ZERO), {}),
-        ("a made-up key → digits", digits, infer_body(DIGIT_ZERO), {"x-api-key": "eak_0123456789ab.nope-nope-nope-nope-nope"}),
+        (
+            "a made-up key → digits",
+            digits,
+            infer_body(DIGIT_ZERO),
+            {"x-api-key": "eak_0123456789ab.nope-nope-nope-nope-nope"},
+        ),
         ("alice (analyst, vision) → digits", digits, infer_body(DIGIT_ZERO), auth["alice"]),
         ("alice → cancer (clinical)", cancer, infer_body(CANCER_ROW), auth["alice"]),
         ("bob (clinician, clinical) → cancer", cancer, infer_body(CANCER_ROW), auth["bob"]),
     ] + [
-        (f"trial key, request {i} of 6 in a minute", digits, infer_body(DIGIT_ZERO), auth["trial-user"])
+        (
+            f"trial key, request {i} of 6 in a minute",
+            digits,
+            infer_body(DIGIT_ZERO),
+            auth["trial-user"],
+        )
         for i in range(1, 7)
     ]
     print(f"\nThrough Envoy at {base}:\n")

@@ -51,7 +51,7 @@ def _tcp_ok(port: int) -> bool:
 
 def _http_ok(url: str, expect: bytes | None = None) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=1) as resp:
             body = resp.read()
             return resp.status == 200 and (expect is None or expect in body)
     except OSError:
@@ -100,7 +100,9 @@ def find_opa(settings: Settings) -> str:
 def find_redis() -> str:
     found = shutil.which("redis-server") or "/usr/bin/redis-server"
     if not Path(found).is_file():
-        raise StackError("redis-server not found: run `make bootstrap` (apt-get install redis-server)")
+        raise StackError(
+            "redis-server not found: run `make bootstrap` (apt-get install redis-server)"
+        )
     return found
 
 
@@ -113,10 +115,13 @@ def find_envoy() -> str:
 class Stack:
     def __init__(self, settings: Settings, floor_port: int | None = None) -> None:
         self.settings = settings
-        self.run_dir = settings.run_dir if settings.run_dir.is_absolute() else ROOT / settings.run_dir
+        self.run_dir = (
+            settings.run_dir if settings.run_dir.is_absolute() else ROOT / settings.run_dir
+        )
         self.floor_port = floor_port
         self.logs = self.run_dir / "logs"
         self.pids = self.run_dir / "pids"
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}  # those this object started
 
     # ---- configuration
     @property
@@ -192,16 +197,43 @@ class Stack:
         return {
             "redis": Component(
                 "redis",
-                [find_redis(), "--port", str(s.redis_port), "--bind", "127.0.0.1",
-                 "--save", "", "--appendonly", "no", "--dir", str(self.run_dir),
-                 "--daemonize", "no", "--loglevel", "warning"],
+                [
+                    find_redis(),
+                    "--port",
+                    str(s.redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--dir",
+                    str(self.run_dir),
+                    "--daemonize",
+                    "no",
+                    "--loglevel",
+                    "warning",
+                ],
                 lambda: _redis_ok(s.redis_port),
             ),
             "opa": Component(
                 "opa",
-                [find_opa(s), "run", "--server", "--addr", f"127.0.0.1:{s.opa_port}",
-                 "--disable-telemetry", "--log-level", "error", "--watch",
-                 "--ignore", "*_test.rego", "--ignore", "*.md", str(ROOT / "rego")],
+                [
+                    find_opa(s),
+                    "run",
+                    "--server",
+                    "--addr",
+                    f"127.0.0.1:{s.opa_port}",
+                    "--disable-telemetry",
+                    "--log-level",
+                    "error",
+                    "--watch",
+                    "--ignore",
+                    "*_test.rego",
+                    "--ignore",
+                    "*.md",
+                    str(ROOT / "rego"),
+                ],
                 lambda: _http_ok(f"http://127.0.0.1:{s.opa_port}/health"),
             ),
             "model": Component(
@@ -219,8 +251,19 @@ class Stack:
             ),
             "envoy": Component(
                 "envoy",
-                [find_envoy(), "-c", str(self.run_dir / "envoy.yaml"), "--use-dynamic-base-id",
-                 "--log-level", "warn", "--concurrency", "2"],
+                [
+                    sys.executable,
+                    "-m",
+                    "extauthz.keeper",  # Envoy stops when its parent exits (PR_SET_PDEATHSIG)
+                    find_envoy(),
+                    "-c",
+                    str(self.run_dir / "envoy.yaml"),
+                    "--use-dynamic-base-id",
+                    "--log-level",
+                    "warn",
+                    "--concurrency",
+                    "2",
+                ],
                 lambda: _http_ok(f"http://127.0.0.1:{s.envoy_admin_port}/ready", b"LIVE"),
             ),
         }
@@ -247,14 +290,22 @@ class Stack:
 
     def _start(self, comp: Component) -> None:
         if self.running(comp.name):
-            raise StackError(f"{comp.name} is already running (pid file {self._pidfile(comp.name)})")
+            raise StackError(
+                f"{comp.name} is already running (pid file {self._pidfile(comp.name)})"
+            )
         log_path = self.logs / f"{comp.name}.log"
         env = {**os.environ, **comp.env}
         with open(log_path, "ab") as log:
             proc = subprocess.Popen(
-                comp.argv, cwd=comp.cwd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True,
+                comp.argv,
+                cwd=comp.cwd,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
+        self._procs[comp.name] = proc
         self._pidfile(comp.name).write_text(f"{proc.pid} {_proc_start_time(proc.pid)}\n")
         deadline = time.monotonic() + comp.start_timeout
         while time.monotonic() < deadline:
@@ -263,7 +314,9 @@ class Stack:
             if comp.ready():
                 return
             time.sleep(0.1)
-        reason = f"exited with {proc.returncode}" if proc.poll() is not None else "not ready in time"
+        reason = (
+            f"exited with {proc.returncode}" if proc.poll() is not None else "not ready in time"
+        )
         self.stop(comp.name)
         raise StackError(f"{comp.name} failed to start ({reason}); log tail:\n{tail(log_path)}")
 
@@ -293,6 +346,9 @@ class Stack:
                 _signal_group(pid, signal.SIGKILL)
                 while _alive(pid):
                     time.sleep(0.05)
+        proc = self._procs.pop(name, None)
+        if proc is not None:
+            proc.wait()
         self._pidfile(name).unlink(missing_ok=True)
 
     def down(self, names: Iterable[str] = ORDER) -> None:

@@ -37,13 +37,14 @@ def parse_check_request(request: CheckRequest, max_body_bytes: int) -> RequestVi
     path = http.path.split("?", 1)[0]
     method = http.method.upper()
     body = http.raw_body or http.body.encode()
+    headers = dict(http.headers)
     return RequestView(
-        request_id=http.id,
+        request_id=headers.get("x-request-id") or http.id,
         method=method,
         path=path,
         host=http.host,
         source_ip=attrs.source.address.socket_address.address,
-        headers=dict(http.headers),
+        headers=headers,
         route=parse_route(method, path),
         body=body[:max_body_bytes],
         tls_principal=attrs.source.principal,

@@ -54,7 +54,9 @@ def build_ok(decision: Decision, request_headers: dict[str, str]) -> CheckRespon
     upstream = dict(decision.upstream_headers)
     # A client may not speak for us: drop every x-extauthz-* it sent that we do not overwrite.
     spoofed = [
-        name for name in request_headers if name.startswith(UPSTREAM_PREFIX) and name not in upstream
+        name
+        for name in request_headers
+        if name.startswith(UPSTREAM_PREFIX) and name not in upstream
     ]
     removed = [name for name in CREDENTIAL_HEADERS if name in request_headers] + spoofed
     return CheckResponse(

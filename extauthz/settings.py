@@ -46,7 +46,8 @@ class Settings(BaseSettings):
 
     # --- OPA
     opa_url: str = Field(
-        "http://127.0.0.1:8181", description="OPA server base URL (the dev stack starts OPA on its port)."
+        "http://127.0.0.1:8181",
+        description="OPA server base URL (the dev stack starts OPA on its port).",
     )
     opa_decision_path: str = Field(
         "extauthz/authz/decision", description="Rule path queried as POST /v1/data/<path>."
@@ -55,7 +56,8 @@ class Settings(BaseSettings):
 
     # --- Redis
     redis_url: str = Field(
-        "redis://127.0.0.1:6380/0", description="Redis URL (the dev stack starts Redis on its port)."
+        "redis://127.0.0.1:6380/0",
+        description="Redis URL (the dev stack starts Redis on its port).",
     )
     redis_timeout: float = Field(0.1, description="Budget (s) for one Redis call; past it: 503.")
 
@@ -65,14 +67,15 @@ class Settings(BaseSettings):
     )
 
     # --- dev stack (make up / make demo / tests)
-    run_dir: Path = Field(Path(".run"), description="Pids, logs, models and configs of the dev stack.")
+    run_dir: Path = Field(
+        Path(".run"), description="Pids, logs, models and configs of the dev stack."
+    )
     envoy_port: int = Field(10000, description="Envoy HTTP listener port (dev stack).")
     envoy_admin_port: int = Field(9901, description="Envoy admin port (dev stack).")
     model_port: int = Field(8080, description="MLServer HTTP port (dev stack).")
     model_grpc_port: int = Field(8081, description="MLServer gRPC port (dev stack).")
     model_venv: Path = Field(Path(".venv-model"), description="MLServer's own virtualenv.")
     opa_bin: str = Field("", description="OPA binary; empty: `opa` on PATH, else ./bin/opa.")
-
 
     @property
     def opa_port(self) -> int:

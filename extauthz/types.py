@@ -14,7 +14,7 @@ class Reason(enum.StrEnum):
     NO_CREDENTIAL = "no_credential"
     MALFORMED_CREDENTIAL = "malformed_credential"
     UNKNOWN_KEY = "unknown_key"
-    BAD_KEY_SECRET = "bad_key_secret"
+    BAD_KEY_SECRET = "bad_key_secret"  # noqa: S105 - a reason code
     KEY_EXPIRED = "key_expired"
     KEY_REVOKED = "key_revoked"
     # policy (403); OPA supplies its own codes, carried as `policy_reason`

@@ -6,7 +6,10 @@ import sys
 
 opa, minimum = sys.argv[1], float(sys.argv[2])
 out = subprocess.run(
-    [opa, "test", "rego/", "--coverage", "--format", "json"], capture_output=True, text=True, check=True
+    [opa, "test", "rego/", "--coverage", "--format", "json"],
+    capture_output=True,
+    text=True,
+    check=True,
 )
 report = json.loads(out.stdout)
 total = float(report.get("coverage", 0.0))

@@ -178,7 +178,9 @@ class ApiKeyAuthenticator:
             try:
                 record = await self._store.get(key_id)
             except (RedisError, OSError, TimeoutError) as exc:
-                raise Denied(Status.UNAVAILABLE, Reason.REDIS_UNAVAILABLE, type(exc).__name__) from exc
+                raise Denied(
+                    Status.UNAVAILABLE, Reason.REDIS_UNAVAILABLE, type(exc).__name__
+                ) from exc
             if record is not None:
                 self._cache.put(key_id, record)
         # Compare even when the id is unknown, so both paths do the same work.
@@ -200,4 +202,3 @@ class ApiKeyAuthenticator:
             credential_id=key_id,
             state_key=key_record_name(key_id),
         )
-

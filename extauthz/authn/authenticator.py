@@ -18,6 +18,10 @@ class Authenticator:
     async def authenticate(self, view: RequestView) -> Principal:
         key = credential_from_headers(view.headers)
         if key is None:
-            reason = Reason.MALFORMED_CREDENTIAL if "authorization" in view.headers else Reason.NO_CREDENTIAL
+            reason = (
+                Reason.MALFORMED_CREDENTIAL
+                if "authorization" in view.headers
+                else Reason.NO_CREDENTIAL
+            )
             raise Denied(Status.UNAUTHENTICATED, reason)
         return await self._api_keys.authenticate(key)

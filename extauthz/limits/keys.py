@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from extauthz.types import Principal, Window
 
-
 # The tag prefix per credential kind; an API key's counters share the slot of its record
 # (`ea:{key:<id>}:key`), so the revocation check rides in the same call.
 _TAG_PREFIX = {"api_key": "key"}

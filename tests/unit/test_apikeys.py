@@ -41,8 +41,15 @@ def test_new_key_is_well_formed_and_long() -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "eak_", "eak_0123456789ab", "eak_0123456789ab.short", "eak_XYZ456789abc.aaaaaaaaaaaaaaaaaaaaaaaa",
-     "sk_0123456789ab.aaaaaaaaaaaaaaaaaaaaaaaa", "eak_0123456789ab." + "a" * 200],
+    [
+        "",
+        "eak_",
+        "eak_0123456789ab",
+        "eak_0123456789ab.short",
+        "eak_XYZ456789abc.aaaaaaaaaaaaaaaaaaaaaaaa",
+        "sk_0123456789ab.aaaaaaaaaaaaaaaaaaaaaaaa",
+        "eak_0123456789ab." + "a" * 200,
+    ],
 )
 def test_split_key_rejects_malformed(bad: str) -> None:
     assert apikeys.split_key(bad) is None

@@ -9,11 +9,21 @@ import pytest
 from extauthz.handler import CheckHandler
 from extauthz.response import BODIES
 from extauthz.types import (
-    Denied, LimitResult, PolicyDecision, Principal, Reason, RequestView, Status, Window, WindowState,
+    Denied,
+    LimitResult,
+    PolicyDecision,
+    Principal,
+    Reason,
+    RequestView,
+    Status,
+    Window,
+    WindowState,
 )
 from tests.unit.checkrequests import check_request
 
-ALICE = Principal("alice", ("analyst",), ("vision",), "standard", "api_key", "k1", "ea:{key:k1}:key")
+ALICE = Principal(
+    "alice", ("analyst",), ("vision",), "standard", "api_key", "k1", "ea:{key:k1}:key"
+)
 QUOTA = (Window("minute", 5, 60),)
 
 
@@ -92,11 +102,32 @@ async def test_allow_path() -> None:
 @pytest.mark.parametrize(
     ("authn", "policy", "limiter", "status", "reason", "limiter_calls"),
     [
-        (Denied(Status.UNAUTHENTICATED, Reason.UNKNOWN_KEY), None, None, 401, Reason.UNKNOWN_KEY, 0),
+        (
+            Denied(Status.UNAUTHENTICATED, Reason.UNKNOWN_KEY),
+            None,
+            None,
+            401,
+            Reason.UNKNOWN_KEY,
+            0,
+        ),
         (None, PolicyDecision(False, 403, "project_mismatch"), None, 403, Reason.POLICY_DENY, 0),
-        (None, Denied(Status.UNAVAILABLE, Reason.OPA_UNAVAILABLE), None, 503, Reason.OPA_UNAVAILABLE, 0),
+        (
+            None,
+            Denied(Status.UNAVAILABLE, Reason.OPA_UNAVAILABLE),
+            None,
+            503,
+            Reason.OPA_UNAVAILABLE,
+            0,
+        ),
         (None, None, LimitResult(False, Reason.RATE_LIMITED, (), 7), 429, Reason.RATE_LIMITED, 1),
-        (None, None, Denied(Status.UNAVAILABLE, Reason.REDIS_UNAVAILABLE), 503, Reason.REDIS_UNAVAILABLE, 1),
+        (
+            None,
+            None,
+            Denied(Status.UNAVAILABLE, Reason.REDIS_UNAVAILABLE),
+            503,
+            Reason.REDIS_UNAVAILABLE,
+            1,
+        ),
         (None, None, RuntimeError("bug"), 503, Reason.INTERNAL_ERROR, 1),
     ],
 )

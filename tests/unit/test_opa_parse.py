@@ -5,12 +5,18 @@ from extauthz.types import Denied, Reason, Status, Window
 
 
 def test_allow_with_quota_and_headers() -> None:
-    d = parse_decision({
-        "decision_id": "abc",
-        "result": {"allow": True, "status": 200, "reason": "ok",
-                   "quota": [{"name": "minute", "limit": 5, "window": 60}],
-                   "headers": {"X-Extauthz-Tier": "trial"}},
-    })
+    d = parse_decision(
+        {
+            "decision_id": "abc",
+            "result": {
+                "allow": True,
+                "status": 200,
+                "reason": "ok",
+                "quota": [{"name": "minute", "limit": 5, "window": 60}],
+                "headers": {"X-Extauthz-Tier": "trial"},
+            },
+        }
+    )
     assert d.allow and d.status == 200 and d.decision_id == "abc"
     assert d.quota == (Window("minute", 5, 60),)
     assert d.headers == (("x-extauthz-tier", "trial"),)

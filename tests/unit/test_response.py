@@ -11,12 +11,18 @@ def headers_of(options) -> dict[str, str]:  # type: ignore[no-untyped-def]
 def test_ok_sets_identity_and_removes_credentials_and_spoofed_headers() -> None:
     limits = LimitResult(True, Reason.OK, (WindowState(Window("minute", 5, 60), 4, 42),))
     decision = Decision(
-        Status.OK, Reason.OK, "d1", limits=limits,
+        Status.OK,
+        Reason.OK,
+        "d1",
+        limits=limits,
         upstream_headers=(("x-extauthz-subject", "alice"), ("x-extauthz-decision-id", "d1")),
     )
     request_headers = {
-        "authorization": "Bearer eak_x", "x-api-key": "eak_y",
-        "x-extauthz-subject": "admin", "x-extauthz-roles": "admin", "accept": "*/*",
+        "authorization": "Bearer eak_x",
+        "x-api-key": "eak_y",
+        "x-extauthz-subject": "admin",
+        "x-extauthz-roles": "admin",
+        "accept": "*/*",
     }
     resp = build_response(decision, request_headers)
     assert resp.status.code == 0
@@ -43,8 +49,12 @@ def test_denials_have_fixed_generic_bodies() -> None:
 
 
 def test_429_carries_retry_after_and_ratelimit() -> None:
-    limits = LimitResult(False, Reason.RATE_LIMITED, (WindowState(Window("minute", 5, 60), 0, 17),), 17)
-    resp = build_response(Decision(Status.RATE_LIMITED, Reason.RATE_LIMITED, "d", limits=limits), {})
+    limits = LimitResult(
+        False, Reason.RATE_LIMITED, (WindowState(Window("minute", 5, 60), 0, 17),), 17
+    )
+    resp = build_response(
+        Decision(Status.RATE_LIMITED, Reason.RATE_LIMITED, "d", limits=limits), {}
+    )
     hdrs = headers_of(resp.denied_response.headers)
     assert hdrs["retry-after"] == "17"
     assert hdrs["ratelimit"] == '"minute";r=0;t=17'
@@ -58,7 +68,10 @@ def test_401_says_bearer_and_nothing_more() -> None:
 
 
 def test_ratelimit_headers_list_every_window() -> None:
-    states = (WindowState(Window("second", 50, 1), 49, 1), WindowState(Window("minute", 1000, 60), 990, 30))
+    states = (
+        WindowState(Window("second", 50, 1), 49, 1),
+        WindowState(Window("minute", 1000, 60), 990, 30),
+    )
     assert ratelimit_headers(states) == [
         ("ratelimit-policy", '"second";q=50;w=1, "minute";q=1000;w=60'),
         ("ratelimit", '"second";r=49;t=1, "minute";r=990;t=30'),

@@ -1,0 +1,88 @@
+# Envoy ext_authz policy for model-server routes.
+#
+# Entry point: data.extauthz.authz.decision (POST /v1/data/extauthz/authz/decision).
+# The decision is always a fully-populated object; see rego/README.md.
+#
+# Data (loaded from the JSON files next to this file):
+#   data.extauthz.catalog      model name -> {project, sensitivity, owner, actions, ...}
+#   data.extauthz.roles        role -> action -> highest sensitivity the role may use it at
+#   data.extauthz.tiers        tier -> list of quota windows {name, limit, window}
+#   data.extauthz.sensitivity  sensitivity label -> rank (public 0 .. restricted 3)
+package extauthz.authz
+
+catalog := data.extauthz.catalog
+
+roles := data.extauthz.roles
+
+tiers := data.extauthz.tiers
+
+sensitivity := data.extauthz.sensitivity
+
+# --- facts about the request ------------------------------------------------
+
+# Catalog entry of the requested model; undefined for unknown models and for
+# non-model routes (model == "").
+model := catalog[input.request.model]
+
+# NOTE: checks are named boolean rules and the reason chain only ever negates
+# those names. `not is_object(model)` would NOT be true for an undefined
+# `model`: OPA hoists ref arguments out of the negation (opa#1877, opa#4743).
+known_model if is_object(model)
+
+# Rank of the model's sensitivity label (undefined if the label is unknown,
+# which makes every role check fail closed).
+model_rank := sensitivity[model.sensitivity]
+
+action_listed if input.request.action in model.actions
+
+project_member if model.project in input.principal.projects
+
+# Some role of the principal permits the action at the model's sensitivity.
+# Missing or malformed roles simply permit nothing.
+role_permits if {
+	some role in input.principal.roles
+	max_label := roles[role][input.request.action]
+	sensitivity[max_label] >= model_rank
+}
+
+# Quota windows of the principal's tier; undefined for unknown tiers.
+quota := tiers[input.principal.tier]
+
+known_tier if is_array(quota)
+
+# --- outcome ------------------------------------------------------------------
+
+# Exactly one reason for every input: the first failing check wins.
+reason := "unknown_model" if {
+	not known_model
+} else := "action_not_allowed" if {
+	not action_listed
+} else := "project_mismatch" if {
+	not project_member
+} else := "role_not_permitted" if {
+	not role_permits
+} else := "unknown_tier" if {
+	not known_tier
+} else := "ok"
+
+allow if reason == "ok"
+
+decision := {
+	"allow": true,
+	"status": 200,
+	"reason": reason,
+	"quota": quota,
+	"headers": {"x-extauthz-tier": input.principal.tier},
+} if {
+	allow
+}
+
+decision := {
+	"allow": false,
+	"status": 403,
+	"reason": reason,
+	"quota": [],
+	"headers": {},
+} if {
+	not allow
+}

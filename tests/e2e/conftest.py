@@ -1,0 +1,59 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+
+from extauthz.devstack import Stack
+
+Keys = Callable[..., str]
+
+
+def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the real `extauthz` CLI against the test stack."""
+    env = {**os.environ, **stack.service_env()}
+    return subprocess.run(
+        [sys.executable, "-m", "extauthz", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+
+@pytest.fixture(scope="session")
+def make_key(stack: Stack) -> Keys:
+    """Create an API key through the CLI; returns the key (shown once)."""
+
+    def make(
+        subject: str, roles: str, projects: str, tier: str = "standard", expires_in: str = ""
+    ) -> str:
+        args = [
+            "keys",
+            "create",
+            "--subject",
+            subject,
+            "--roles",
+            roles,
+            "--projects",
+            projects,
+            "--tier",
+            tier,
+            "--json",
+        ]
+        if expires_in:
+            args += ["--expires-in", expires_in]
+        return json.loads(cli(stack, *args).stdout)["key"]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def gateway(stack: Stack) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=stack.envoy_url, timeout=10) as client:
+        yield client
