@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from extauthz.authn.apikeys import KeyStore
 from extauthz.devstack import ORDER, Stack, StackError
@@ -183,17 +185,33 @@ def run_demo(stack: Stack) -> int:
         for i in range(1, 7)
     ]
     print(f"\nThrough Envoy at {base}:\n")
+    rows = []
     for label, url, body, headers in cases:
         code, resp_headers, payload = send(url, body, headers)
-        shown = _summary(code, payload)
-        limit = resp_headers.get("RateLimit") or resp_headers.get("ratelimit") or ""
-        retry = resp_headers.get("Retry-After") or resp_headers.get("retry-after")
-        extra = f"  RateLimit: {limit}" if limit else ""
-        extra += f"  Retry-After: {retry}" if retry else ""
-        print(f"  {label:<40} {code}  {shown}{extra}")
-    print(f"\nDecision log (reasons, never sent to clients): {stack.logs / 'decisions.log'}")
+        lower = {k.lower(): v for k, v in resp_headers.items()}
+        extra = f"  RateLimit: {lower['ratelimit']}" if "ratelimit" in lower else ""
+        extra += f"  Retry-After: {lower['retry-after']}" if "retry-after" in lower else ""
+        print(f"  {label:<40} {code}  {_summary(code, payload)}{extra}")
+        rows.append((label, lower.get("x-request-id", "")))
+    time.sleep(0.2)  # the decision log is written off the request path
+    reasons = _logged_reasons(stack.logs / "decisions.log")
+    print("\nWhy, from the decision log (never sent to the client), by x-request-id:\n")
+    for label, request_id in rows:
+        print(f"  {label:<40} {reasons.get(request_id, '?')}")
+    print(f"\nDecision log: {stack.logs / 'decisions.log'}")
     print("The stack keeps running: `make down` stops it.")
     return 0
+
+
+def _logged_reasons(path: Path) -> dict[str, str]:
+    reasons = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("{"):
+            rec = json.loads(line)
+            policy = rec.get("policy_reason")
+            detail = f" ({policy})" if policy and policy != "ok" else ""
+            reasons[rec["request_id"]] = f"{rec['reason']}{detail}"
+    return reasons
 
 
 def _summary(code: int, payload: bytes) -> str:
