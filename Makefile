@@ -21,11 +21,8 @@ status:
 demo: bootstrap  ## start the stack and show allowed and denied requests through Envoy
 	@$(VENV)/bin/extauthz dev demo
 
-rego-test: bootstrap  ## opa check --strict, opa fmt, opa test (with coverage)
-	@$(OPA) check --strict rego/
-	@out=$$($(OPA) fmt --list rego/); if [ -n "$$out" ]; then echo "opa fmt needed: $$out"; exit 1; fi
-	@$(OPA) test rego/ -v | tail -n 3
-	@$(PY) scripts/rego_coverage.py "$(OPA)" 95
+rego-test: bootstrap  ## opa check --strict, opa fmt, opa test (coverage >= 95 %)
+	@$(VENV)/bin/extauthz policy test --min-coverage 95
 
 test: bootstrap rego-test lint  ## everything: Rego tests, lint, unit, integration, e2e (real stack)
 	@$(PY) -m pytest -q -p no:cacheprovider tests
@@ -34,11 +31,11 @@ test-unit: bootstrap
 	@$(PY) -m pytest -q tests/unit
 
 lint: bootstrap
-	@$(VENV)/bin/ruff check extauthz tests bench scripts modelserver
-	@$(VENV)/bin/ruff format --check extauthz tests bench scripts modelserver
+	@$(VENV)/bin/ruff check extauthz tests bench scripts modelserver examples
+	@$(VENV)/bin/ruff format --check extauthz tests bench scripts modelserver examples
 
 fmt: bootstrap
-	@$(VENV)/bin/ruff format extauthz tests bench scripts modelserver
+	@$(VENV)/bin/ruff format extauthz tests bench scripts modelserver examples
 	@$(OPA) fmt -w rego/
 
 clean: down

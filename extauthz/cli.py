@@ -9,6 +9,7 @@ import logging
 import re
 import sys
 import time
+from pathlib import Path
 
 from extauthz.settings import describe_settings, load_settings
 
@@ -58,10 +59,120 @@ async def _with_store(fn):  # type: ignore[no-untyped-def]
         await redis.aclose()
 
 
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    async def rotate(store):  # type: ignore[no-untyped-def]
+        return await store.rotate(args.key_id, args.overlap, args.expires_in)
+
+    rotated = asyncio.run(_with_store(rotate))
+    if rotated is None:
+        print(f"no active key: {args.key_id}", file=sys.stderr)
+        return 1
+    old, new, key = rotated
+    if args.json:
+        print(json.dumps({"key_id": new.key_id, "key": key, "old_expires": old.expires}))
+        return 0
+    print(f"new key id: {new.key_id}  (old key {old.key_id} valid until {_when(old.expires)})")
+    print(f"key:        {key}")
+    print("This key is shown once; only its keyed hash is stored.", file=sys.stderr)
+    return 0
+
+
+async def _with_devices(fn):  # type: ignore[no-untyped-def]
+    from extauthz.authn.devices import DeviceStore
+    from extauthz.wiring import redis_client
+
+    redis = redis_client(load_settings())
+    try:
+        return await fn(DeviceStore(redis))
+    finally:
+        await redis.aclose()
+
+
+def cmd_devices_enroll(args: argparse.Namespace) -> int:
+    try:
+        jwk = json.loads(Path(args.jwk_file).read_text())
+    except (OSError, ValueError) as exc:
+        print(f"cannot read a JWK from {args.jwk_file}: {exc}", file=sys.stderr)
+        return 1
+
+    async def enroll(store):  # type: ignore[no-untyped-def]
+        return await store.enroll(args.subject, jwk, args.trust, args.expires_in)
+
+    try:
+        record = asyncio.run(_with_devices(enroll))
+    except ValueError as exc:
+        print(f"not enrolled: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"enrolled {record.thumbprint} for {record.subject}: trust {record.trust}, "
+        f"expires {_when(record.expires)}"
+    )
+    return 0
+
+
+def cmd_devices_revoke(args: argparse.Namespace) -> int:
+    async def revoke(store):  # type: ignore[no-untyped-def]
+        return await store.revoke(args.thumbprint, args.subject)
+
+    count = asyncio.run(_with_devices(revoke))
+    if not count:
+        print(f"no such device: {args.thumbprint}", file=sys.stderr)
+        return 1
+    print(f"revoked {args.thumbprint} ({count} enrollment{'s' if count > 1 else ''})")
+    return 0
+
+
+def cmd_devices_list(args: argparse.Namespace) -> int:
+    async def list_devices(store):  # type: ignore[no-untyped-def]
+        return await store.list()
+
+    print(f"{'THUMBPRINT':<45}{'SUBJECT':<16}{'TRUST':<12}{'STATUS':<9}EXPIRES")
+    for r in asyncio.run(_with_devices(list_devices)):
+        status = "expired" if r.expired(time.time()) and r.status == "active" else r.status
+        print(f"{r.thumbprint:<45}{r.subject:<16}{r.trust:<12}{status:<9}{_when(r.expires)}")
+    return 0
+
+
+def cmd_dev_token(args: argparse.Namespace) -> int:
+    from extauthz.authn.dev_issuer import device_key_file
+
+    stack = _stack(args)
+    issuer, issuer_settings = stack.dev_issuer, stack.settings
+    jkt = ""
+    if args.dpop_key:
+        key = device_key_file(Path(args.dpop_key))
+        jkt = key.thumbprint()
+        print(f"DPoP key {args.dpop_key}: thumbprint {jkt}", file=sys.stderr)
+    if args.ttl > issuer_settings.jwt_max_lifetime:
+        print(
+            f"warning: lifetime {args.ttl}s is over EXTAUTHZ_JWT_MAX_LIFETIME "
+            f"({issuer_settings.jwt_max_lifetime}s): the service will refuse this token",
+            file=sys.stderr,
+        )
+    token = issuer.mint(args.subject, args.roles, args.projects, args.tier, args.ttl, jkt)
+    print(token)
+    return 0
+
+
+def cmd_dev_certs(args: argparse.Namespace) -> int:
+    stack = _stack(args)
+    ca = stack.dev_ca
+    ca.ensure()
+    print(f"CA:      {ca.ca_file}")
+    print(f"server:  {ca.server_cert} (Envoy's mTLS listener, {stack.envoy_mtls_url})")
+    if args.client:
+        if not (args.uri or args.dns):
+            print("a client certificate needs --uri and/or --dns", file=sys.stderr)
+            return 1
+        cert, key = ca.issue_client(args.client, uri=args.uri, dns=args.dns)
+        print(f"client:  {cert}  key {key}")
+    return 0
+
+
 def cmd_keys_create(args: argparse.Namespace) -> int:
     async def create(store):  # type: ignore[no-untyped-def]
         return await store.create(
-            args.subject, args.roles, args.projects, args.tier, args.expires_in
+            args.subject, args.roles, args.projects, args.tier, args.expires_in, args.cidrs
         )
 
     record, key = asyncio.run(_with_store(create))
@@ -162,6 +273,112 @@ def cmd_dev_demo(args: argparse.Namespace) -> int:
     return run_demo(_stack(args))
 
 
+def _policy_dir() -> Path:
+    from extauthz.devstack import ROOT
+
+    path = load_settings().policy_dir
+    return path if path.is_absolute() else ROOT / path
+
+
+def _opa() -> str:
+    from extauthz.devstack import find_opa
+
+    return find_opa(load_settings())
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from extauthz.policy.tools import run_tests
+
+    ok, report = run_tests(_opa(), _policy_dir(), args.min_coverage)
+    print(report)
+    return 0 if ok else 1
+
+
+def _read_json(source: str) -> object:
+    text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    return json.loads(text)
+
+
+def cmd_policy_eval(args: argparse.Namespace) -> int:
+    from extauthz.policy.tools import evaluate
+
+    policy_input = _read_json(args.input)
+    if isinstance(policy_input, dict) and "input" in policy_input and len(policy_input) == 1:
+        policy_input = policy_input["input"]  # also accept OPA's {"input": ...} envelope
+    path = args.path or load_settings().opa_decision_path
+    try:
+        decision = evaluate(_opa(), _policy_dir(), policy_input, path)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(json.dumps(decision, indent=2, sort_keys=True))
+    if isinstance(decision, dict):
+        verdict = "ALLOW" if decision.get("allow") else f"DENY {decision.get('status')}"
+        print(f"{verdict}  reason: {decision.get('reason')}", file=sys.stderr)
+    return 0
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from extauthz.policy.tools import explain
+    from extauthz.types import Principal
+
+    settings = load_settings()
+    if args.api_key:
+        principal = asyncio.run(_principal_for_key(args.api_key))
+        if principal is None:
+            print("that API key does not authenticate", file=sys.stderr)
+            return 1
+    else:
+        principal = Principal(
+            args.subject, args.roles, args.projects, args.tier, args.credential, "explain"
+        )
+    headers = dict(h.split(":", 1) for h in args.header)
+    headers = {k.strip(): v.strip() for k, v in headers.items()}
+    body = Path(args.body).read_bytes() if args.body else b""
+    doc = explain(
+        principal,
+        args.method.upper(),
+        args.path,
+        headers,
+        body,
+        args.source_ip,
+        settings.max_body_bytes,
+    )
+    print(json.dumps(doc, indent=2))
+    return 0
+
+
+async def _principal_for_key(key: str):  # type: ignore[no-untyped-def]
+    from extauthz.authn.apikeys import ApiKeyAuthenticator, KeyStore
+    from extauthz.types import Denied
+    from extauthz.wiring import key_pepper, redis_client
+
+    settings = load_settings()
+    redis = redis_client(settings)
+    pepper = key_pepper(settings)
+    try:
+        return await ApiKeyAuthenticator(KeyStore(redis, pepper), pepper).authenticate(key)
+    except Denied:
+        return None
+    finally:
+        await redis.aclose()
+
+
+def cmd_policy_diff(args: argparse.Namespace) -> int:
+    from extauthz.policy.shadow import summarize
+
+    log_path = Path(args.log or load_settings().shadow_log)
+    summary = summarize(log_path)
+    print(f"shadow disagreements in {log_path}: {summary['total']}")
+    pairs = sorted(summary["pairs"].items(), key=lambda kv: -kv[1])
+    for (enforced, candidate), n in pairs:
+        print(f"  {n:>7}  enforced {enforced:<34} candidate {candidate}")
+    if args.examples:
+        for pair, example in summary["examples"].items():
+            print(f"\n  e.g. {pair[0]} -> {pair[1]}:\n  {json.dumps(example)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="extauthz", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -187,8 +404,25 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--expires-in", type=parse_duration, default=0, help="e.g. 30d; default never"
     )
+    create.add_argument(
+        "--cidrs",
+        type=_csv,
+        default=(),
+        help="client networks it may be used from, e.g. "
+        "10.0.0.0/8,192.0.2.7/32 (checked against the address Envoy saw); default anywhere",
+    )
     create.add_argument("--json", action="store_true", help="machine-readable output")
     create.set_defaults(func=cmd_keys_create)
+    rotate = keys.add_parser(
+        "rotate", help="a new key for the same principal; the old one ends after --overlap"
+    )
+    rotate.add_argument("key_id")
+    rotate.add_argument("--overlap", type=parse_duration, default=86400, help="default 1d")
+    rotate.add_argument(
+        "--expires-in", type=parse_duration, default=0, help="the new key's; default never"
+    )
+    rotate.add_argument("--json", action="store_true", help="machine-readable output")
+    rotate.set_defaults(func=cmd_keys_rotate)
     revoke = keys.add_parser("revoke", help="revoke a key by id (takes effect on the next request)")
     revoke.add_argument("key_id")
     revoke.set_defaults(func=cmd_keys_revoke)
@@ -201,6 +435,36 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_envoy_render
     )
 
+    policy = sub.add_parser("policy", help="for policy authors").add_subparsers(
+        dest="policy_command", required=True
+    )
+    ptest = policy.add_parser("test", help="opa check --strict, opa fmt, opa test with coverage")
+    ptest.add_argument("--min-coverage", type=float, default=95.0)
+    ptest.set_defaults(func=cmd_policy_test)
+    peval = policy.add_parser("eval", help="the decision a given input gets, with its reason")
+    peval.add_argument("--input", required=True, help="input JSON file, or - for stdin")
+    peval.add_argument("--path", default="", help="rule to evaluate (default: the enforced one)")
+    peval.set_defaults(func=cmd_policy_eval)
+    pexplain = policy.add_parser(
+        "explain", help="the input extauthz would build for an HTTP request (pipe into eval)"
+    )
+    pexplain.add_argument("--method", default="POST")
+    pexplain.add_argument("--path", required=True, help="e.g. /v2/models/digits/infer")
+    pexplain.add_argument("--header", action="append", default=[], help="'name: value'")
+    pexplain.add_argument("--body", help="file with the request body")
+    pexplain.add_argument("--source-ip", default="127.0.0.1")
+    pexplain.add_argument("--api-key", help="resolve the caller from this key (needs Redis)")
+    pexplain.add_argument("--subject", default="someone")
+    pexplain.add_argument("--roles", type=_csv, default=())
+    pexplain.add_argument("--projects", type=_csv, default=())
+    pexplain.add_argument("--tier", default="standard")
+    pexplain.add_argument("--credential", default="api_key")
+    pexplain.set_defaults(func=cmd_policy_explain)
+    pdiff = policy.add_parser("diff", help="summary of shadow-mode disagreements")
+    pdiff.add_argument("--log", help="shadow log (default: EXTAUTHZ_SHADOW_LOG)")
+    pdiff.add_argument("--examples", action="store_true", help="print one input per pair")
+    pdiff.set_defaults(func=cmd_policy_diff)
+
     dev = sub.add_parser("dev", help="the local stack").add_subparsers(
         dest="dev_command", required=True
     )
@@ -212,6 +476,42 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_parser(
         "demo", help="start the stack and show allowed and denied requests"
     ).set_defaults(func=cmd_dev_demo)
+    token = dev.add_parser("token", help="mint an access token from the dev issuer (stdout)")
+    token.add_argument("--subject", required=True)
+    token.add_argument("--roles", type=_csv, default=(), help="comma-separated roles")
+    token.add_argument("--projects", type=_csv, default=(), help="comma-separated projects")
+    token.add_argument("--tier", default="standard")
+    token.add_argument("--ttl", type=parse_duration, default=600, help="default 10m (max 15m)")
+    token.add_argument(
+        "--dpop-key", help="bind the token to this private JWK file (created if missing)"
+    )
+    token.set_defaults(func=cmd_dev_token)
+    certs = dev.add_parser("certs", help="the dev CA, Envoy's certificate, client certificates")
+    certs.add_argument("--client", help="issue a client certificate with this file name")
+    certs.add_argument(
+        "--uri", default="", help="its URI SAN, e.g. spiffe://extauthz.dev/ns/x/sa/y"
+    )
+    certs.add_argument("--dns", default="", help="its DNS SAN")
+    certs.set_defaults(func=cmd_dev_certs)
+
+    devices = sub.add_parser("devices", help="the DPoP device registry").add_subparsers(
+        dest="devices_command", required=True
+    )
+    enroll = devices.add_parser("enroll", help="enroll a device key for a subject")
+    enroll.add_argument("--subject", required=True)
+    enroll.add_argument(
+        "--jwk-file", required=True, help="the key (JWK; only its public part is kept)"
+    )
+    enroll.add_argument("--trust", required=True, choices=("registered", "managed", "attested"))
+    enroll.add_argument("--expires-in", type=parse_duration, default=0, help="default never")
+    enroll.set_defaults(func=cmd_devices_enroll)
+    drevoke = devices.add_parser(
+        "revoke", help="revoke a device (every enrollment, or --subject's)"
+    )
+    drevoke.add_argument("thumbprint")
+    drevoke.add_argument("--subject")
+    drevoke.set_defaults(func=cmd_devices_revoke)
+    devices.add_parser("list", help="enrolled devices").set_defaults(func=cmd_devices_list)
     return parser
 
 

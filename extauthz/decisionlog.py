@@ -53,6 +53,8 @@ def decision_record(view: RequestView, decision: Decision, duration_ns: int) -> 
         "reason": decision.reason.value,
         "policy_reason": policy.reason if policy else None,
         "opa_decision_id": (policy.decision_id or None) if policy else None,
+        "policy_source": policy.source if policy else None,
+        "policy_revision": (policy.revision or None) if policy else None,
         "subject": principal.subject if principal else None,
         "credential": principal.credential if principal else None,
         "credential_id": principal.credential_id if principal else None,

@@ -21,6 +21,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import SecretStr
+
+from extauthz.authn.dev_issuer import DevIssuer
+from extauthz.certs import DevCA
 from extauthz.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,8 +137,40 @@ class Stack:
         venv = self.settings.model_venv
         return venv if venv.is_absolute() else ROOT / venv
 
+    @property
+    def envoy_mtls_url(self) -> str:
+        return f"https://127.0.0.1:{self.settings.envoy_mtls_port}"
+
+    @property
+    def dev_ca(self) -> DevCA:
+        return DevCA(self.run_dir / "dev-ca")
+
+    @property
+    def dev_issuer(self) -> DevIssuer:
+        s = self.settings
+        return DevIssuer(self.run_dir / "dev-issuer", s.jwt_issuer, s.jwt_audience)
+
+    @property
+    def jwks_location(self) -> str:
+        """The service's JWKS: the setting, else the dev issuer's file."""
+        return self.settings.jwt_jwks or str(self.dev_issuer.jwks_file)
+
+    @property
+    def client_ca_file(self) -> Path:
+        """The CA client certificates must chain to: the setting, else the dev CA."""
+        return (
+            Path(self.settings.mtls_ca_file) if self.settings.mtls_ca_file else self.dev_ca.ca_file
+        )
+
+    def prepare_identity(self) -> None:
+        """The dev CA (Envoy's TLS certificate) and, unless a JWKS is configured, the dev issuer."""
+        self.dev_ca.ensure()
+        if not self.settings.jwt_jwks:
+            self.dev_issuer.ensure()
+
     def render_envoy(self) -> Path:
         s = self.settings
+        self.prepare_identity()
         extra = ""
         if self.floor_port:
             extra = string.Template((ROOT / "envoy/floor-listener.yaml.in").read_text()).substitute(
@@ -148,6 +184,10 @@ class Stack:
             max_body_bytes=s.max_body_bytes,
             access_log=self.logs / "envoy-access.log",
             extra_listeners=extra,
+            envoy_mtls_port=s.envoy_mtls_port,
+            tls_cert=self.dev_ca.server_cert,
+            tls_key=self.dev_ca.server_key,
+            client_ca=self.client_ca_file,
         )
         path = self.run_dir / "envoy.yaml"
         path.write_text(text)
@@ -167,16 +207,25 @@ class Stack:
 
     def service_env(self) -> dict[str, str]:
         """EXTAUTHZ_* for the extauthz process (and for CLI calls against this stack)."""
-        s = self.settings
-        return {
-            "EXTAUTHZ_HOST": "127.0.0.1",
-            "EXTAUTHZ_PORT": str(s.port),
-            "EXTAUTHZ_OPA_URL": s.opa_url,
-            "EXTAUTHZ_REDIS_URL": s.redis_url,
-            "EXTAUTHZ_KEY_PEPPER_FILE": str(self.key_pepper_file),
-            "EXTAUTHZ_DECISION_LOG": str(self.logs / "decisions.log"),
-            "EXTAUTHZ_MAX_BODY_BYTES": str(s.max_body_bytes),
-        }
+        env = {}
+        for name, value in self.settings.model_dump().items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"EXTAUTHZ_{name.upper()}"] = str(value)
+        # the stack's own files, wherever the caller runs from
+        env["EXTAUTHZ_KEY_PEPPER_FILE"] = str(self.key_pepper_file)
+        env["EXTAUTHZ_DECISION_LOG"] = str(self.logs / "decisions.log")
+        env["EXTAUTHZ_SHADOW_LOG"] = str(self.logs / "shadow.log")
+        env["EXTAUTHZ_POLICY_DIR"] = str(self.policy_dir)
+        env["EXTAUTHZ_RUN_DIR"] = str(self.run_dir)
+        env["EXTAUTHZ_JWT_JWKS"] = self.jwks_location
+        env["EXTAUTHZ_MTLS_CA_FILE"] = str(self.client_ca_file)
+        return env
+
+    @property
+    def policy_dir(self) -> Path:
+        path = self.settings.policy_dir
+        return path if path.is_absolute() else ROOT / path
 
     @property
     def key_pepper_file(self) -> Path:
@@ -224,15 +273,22 @@ class Stack:
                     "--server",
                     "--addr",
                     f"127.0.0.1:{s.opa_port}",
-                    "--disable-telemetry",
+                    "--skip-version-check",
+                    # decision logs (info) go to opa.log; per-request access logs do not
                     "--log-level",
+                    "info",
+                    "--log-level-request",
                     "error",
+                    "--set",
+                    "decision_logs.console=true",
                     "--watch",
                     "--ignore",
                     "*_test.rego",
                     "--ignore",
                     "*.md",
-                    str(ROOT / "rego"),
+                    "--ignore",
+                    "*.schema.json",
+                    str(self.policy_dir),
                 ],
                 lambda: _http_ok(f"http://127.0.0.1:{s.opa_port}/health"),
             ),
@@ -276,6 +332,8 @@ class Stack:
         names = [n for n in ORDER if n in set(names)]
         if "model" in names:
             self.prepare_models()
+        if "extauthz" in names:
+            self.prepare_identity()
         if "envoy" in names:
             self.render_envoy()
         components = self.components()

@@ -11,8 +11,8 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from extauthz.authn.authenticator import Authenticator
 from extauthz.decisionlog import DecisionLog
 from extauthz.limits.limiter import Limiter
-from extauthz.policy.input import build_input
-from extauthz.policy.opa import OpaClient
+from extauthz.metrics import DECISION_SECONDS, DECISIONS
+from extauthz.policy.engine import PolicyEngine
 from extauthz.request import parse_check_request
 from extauthz.response import UPSTREAM_PREFIX, build_response
 from extauthz.types import Decision, Denied, PolicyDecision, Principal, Reason, Status
@@ -26,7 +26,7 @@ class CheckHandler:
     def __init__(
         self,
         authenticator: Authenticator,
-        policy: OpaClient,
+        policy: PolicyEngine,
         limiter: Limiter,
         decision_log: DecisionLog,
         max_body_bytes: int,
@@ -45,7 +45,7 @@ class CheckHandler:
         policy: PolicyDecision | None = None
         try:
             principal = await self._authn.authenticate(view)
-            policy = await self._policy.decide(build_input(view, principal))
+            policy = await self._policy.decide(view, principal)
             if not policy.allow:
                 status = _POLICY_STATUSES.get(policy.status, Status.FORBIDDEN)
                 raise Denied(status, Reason.POLICY_DENY)
@@ -67,12 +67,16 @@ class CheckHandler:
                 principal=principal,
                 policy=policy,
                 extra={"detail": denied.detail},
+                denial_headers=denied.headers,
             )
         except Exception:  # fail closed on anything unforeseen, and say so in our own log
             log.exception("decision %s failed", decision_id)
             decision = Decision(Status.UNAVAILABLE, Reason.INTERNAL_ERROR, decision_id, principal)
         response = build_response(decision, view.headers)
-        self._log.record(view, decision, time.perf_counter_ns() - started)
+        elapsed = time.perf_counter_ns() - started
+        self._log.record(view, decision, elapsed)
+        DECISIONS.labels(str(int(decision.status)), decision.reason.value).inc()
+        DECISION_SECONDS.observe(elapsed / 1e9)
         return response
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import unquote
 
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
@@ -48,4 +49,7 @@ def parse_check_request(request: CheckRequest, max_body_bytes: int) -> RequestVi
         route=parse_route(method, path),
         body=body[:max_body_bytes],
         tls_principal=attrs.source.principal,
+        scheme=http.scheme.lower(),
+        # Envoy sends the peer certificate URL-encoded (include_peer_certificate: true).
+        peer_certificate=unquote(attrs.source.certificate) if attrs.source.certificate else "",
     )

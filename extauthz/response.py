@@ -69,11 +69,28 @@ def build_ok(decision: Decision, request_headers: dict[str, str]) -> CheckRespon
     )
 
 
-def build_denied(decision: Decision) -> CheckResponse:
+def challenge(request_headers: dict[str, str]) -> str:
+    """WWW-Authenticate of a 401 (RFC 6750 §3, RFC 9449 §7.1): the scheme the client used, with
+    error="invalid_token" when it presented a credential. Nothing else, whatever the reason."""
+    scheme = request_headers.get("authorization", "").strip().partition(" ")[0].lower()
+    if scheme == "dpop":
+        return 'DPoP error="invalid_token"'
+    if scheme == "bearer" or "x-api-key" in request_headers:
+        return 'Bearer error="invalid_token"'
+    return "Bearer"
+
+
+def build_denied(
+    decision: Decision, request_headers: dict[str, str] | None = None
+) -> CheckResponse:
     status = decision.status
     headers = [("content-type", "application/json"), ("cache-control", "no-store")]
     if status is Status.UNAUTHENTICATED:
-        headers.append(("www-authenticate", "Bearer"))
+        # a stage may set its own RFC-defined challenge (DPoP use_dpop_nonce + DPoP-Nonce)
+        own = dict(decision.denial_headers)
+        www = own.pop("www-authenticate", "") or challenge(request_headers or {})
+        headers.append(("www-authenticate", www))
+        headers.extend(own.items())
     if status is Status.RATE_LIMITED and decision.limits is not None:
         headers.append(("retry-after", str(decision.limits.retry_after)))
         headers.extend(_limit_headers(decision.limits))
@@ -90,4 +107,4 @@ def build_denied(decision: Decision) -> CheckResponse:
 def build_response(decision: Decision, request_headers: dict[str, str]) -> CheckResponse:
     if decision.allowed:
         return build_ok(decision, request_headers)
-    return build_denied(decision)
+    return build_denied(decision, request_headers)

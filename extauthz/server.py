@@ -12,6 +12,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauthz.handler import CheckHandler
+from extauthz.metrics import serve_metrics
 from extauthz.settings import Settings
 from extauthz.wiring import build_service
 
@@ -33,6 +34,7 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
 async def serve(settings: Settings) -> None:
     service = build_service(settings)
     await service.start()
+    serve_metrics(settings.metrics_port, settings.host)
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
     )

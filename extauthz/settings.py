@@ -44,6 +44,76 @@ class Settings(BaseSettings):
     )
     key_cache_size: int = Field(10_000, description="Max API-key records cached in-process.")
 
+    # --- JWT access tokens
+    jwt_jwks: str = Field(
+        "",
+        description="The token issuer's JWKS: a file path or an https:// URL. Empty: the dev "
+        "issuer's <run_dir>/dev-issuer/jwks.json when the dev stack starts the service; "
+        "otherwise JWTs are refused.",
+    )
+    jwt_issuer: str = Field("extauthz-dev-issuer", description="Required `iss` of access tokens.")
+    jwt_audience: str = Field("extauthz", description="Required `aud` of access tokens.")
+    jwt_algorithms: str = Field(
+        "RS256,ES256,EdDSA",
+        description="Accepted signature algorithms (comma-separated subset of RS256, ES256, "
+        "EdDSA; none and HMAC are never accepted). Also applies to DPoP proofs.",
+    )
+    jwt_leeway: int = Field(30, description="Clock-skew leeway (s) for exp, nbf and iat.")
+    jwt_max_lifetime: int = Field(
+        900, description="Longest accepted token lifetime, exp - iat (s); longer ones are refused."
+    )
+    jwt_subject_claim: str = Field("sub", description="Claim holding the subject.")
+    jwt_roles_claim: str = Field(
+        "roles", description="Claim with the roles (list or space-separated; dotted path ok)."
+    )
+    jwt_projects_claim: str = Field("projects", description="Claim with the projects.")
+    jwt_tier_claim: str = Field("tier", description="Claim with the quota tier.")
+    jwt_cache_size: int = Field(
+        10_000, description="Verified tokens cached in-process by SHA-256, until they expire."
+    )
+    jwks_refresh_interval: float = Field(
+        300.0, description="Seconds between scheduled JWKS reloads (issuer key rotation)."
+    )
+    jwks_min_refresh_interval: float = Field(
+        10.0,
+        description="Least seconds between two JWKS reloads, also those an unknown `kid` "
+        "triggers (so made-up kids cannot hammer the issuer).",
+    )
+    jwks_timeout: float = Field(2.0, description="Budget (s) for fetching an https JWKS.")
+
+    # --- DPoP (RFC 9449) and devices
+    dpop_window: int = Field(
+        60, description="Seconds a DPoP proof is accepted after its iat; its jti is kept as long."
+    )
+    dpop_leeway: int = Field(5, description="Seconds a DPoP proof's iat may be in the future.")
+    dpop_require_nonce: bool = Field(
+        False,
+        description="Require a server nonce in DPoP proofs (401 use_dpop_nonce + DPoP-Nonce).",
+    )
+    dpop_nonce_lifetime: int = Field(300, description="Seconds a server DPoP nonce stays valid.")
+    dpop_origin: str = Field(
+        "",
+        description="Public origin clients sign in DPoP htu (e.g. https://api.example.com). Empty: "
+        "scheme and host as Envoy forwards them.",
+    )
+    device_cache_ttl: float = Field(
+        30.0,
+        description="Seconds a device record is cached (trust changes show within it; revocation "
+        "is immediate: re-checked in the decision's Redis call).",
+    )
+    device_cache_size: int = Field(10_000, description="Device records cached in-process.")
+
+    # --- mTLS service identities
+    mtls_ca_file: str = Field(
+        "",
+        description="CA bundle (PEM) client certificates must chain to; Envoy's mTLS listener "
+        "requires it and the service re-verifies. Empty: the dev CA (<run_dir>/dev-ca/ca.pem) "
+        "in the dev stack; otherwise mTLS is refused.",
+    )
+    mtls_identities_ttl: float = Field(
+        5.0, description="Seconds the identity map (OPA data.extauthz.mtls_identities) is cached."
+    )
+
     # --- OPA
     opa_url: str = Field(
         "http://127.0.0.1:8181",
@@ -53,6 +123,34 @@ class Settings(BaseSettings):
         "extauthz/authz/decision", description="Rule path queried as POST /v1/data/<path>."
     )
     opa_timeout: float = Field(0.25, description="Budget (s) for one OPA query; past it: 503.")
+    policy_dir: Path = Field(
+        Path("rego"), description="Rego policies and data OPA loads (dev stack; policy CLI)."
+    )
+    revision_poll_interval: float = Field(
+        0.25,
+        description="Seconds between checks of OPA's policy revision. A policy or data change "
+        "takes effect within this interval plus OPA's file-watch delay.",
+    )
+    revision_max_age: float = Field(
+        1.0,
+        description="Cached decisions are used only while the revision was confirmed this "
+        "recently; otherwise OPA is asked (and if it is down, the request fails closed).",
+    )
+    decision_cache_size: int = Field(
+        50_000, description="Policy decisions cached in-process (LRU); 0 disables the cache."
+    )
+    shadow_decision_path: str = Field(
+        "",
+        description="A candidate rule evaluated beside the enforced one, off the request path "
+        "(e.g. extauthz/candidate/decision); empty: shadow mode off.",
+    )
+    shadow_sample: float = Field(1.0, description="Fraction of decisions also sent to the shadow.")
+    shadow_log: str = Field(
+        ".run/logs/shadow.log", description="Where shadow disagreements are written (JSON lines)."
+    )
+    metrics_port: int = Field(
+        9192, description="Prometheus metrics on <host>:<port>/metrics; 0: no metrics server."
+    )
 
     # --- Redis
     redis_url: str = Field(
@@ -71,6 +169,9 @@ class Settings(BaseSettings):
         Path(".run"), description="Pids, logs, models and configs of the dev stack."
     )
     envoy_port: int = Field(10000, description="Envoy HTTP listener port (dev stack).")
+    envoy_mtls_port: int = Field(
+        10443, description="Envoy HTTPS listener requiring client certificates (dev stack)."
+    )
     envoy_admin_port: int = Field(9901, description="Envoy admin port (dev stack).")
     model_port: int = Field(8080, description="MLServer HTTP port (dev stack).")
     model_grpc_port: int = Field(8081, description="MLServer gRPC port (dev stack).")

@@ -17,6 +17,43 @@ class Reason(enum.StrEnum):
     BAD_KEY_SECRET = "bad_key_secret"  # noqa: S105 - a reason code
     KEY_EXPIRED = "key_expired"
     KEY_REVOKED = "key_revoked"
+    KEY_SOURCE_NOT_ALLOWED = "key_source_not_allowed"  # outside the key's CIDR ranges
+    # JWT access tokens (401)
+    JWT_NOT_CONFIGURED = "jwt_not_configured"
+    ALG_NOT_ALLOWED = "alg_not_allowed"  # none, HMAC, anything off the allow-list
+    UNKNOWN_KID = "unknown_kid"
+    KEY_ALG_MISMATCH = "key_alg_mismatch"  # key type/curve/alg/use does not fit the alg
+    BAD_SIGNATURE = "bad_signature"
+    TOKEN_EXPIRED = "token_expired"  # noqa: S105 - a reason code
+    TOKEN_NOT_YET_VALID = "token_not_yet_valid"  # noqa: S105 - nbf or iat in the future
+    TOKEN_LIFETIME_TOO_LONG = "token_lifetime_too_long"  # noqa: S105 - exp - iat > max
+    WRONG_ISSUER = "wrong_issuer"
+    WRONG_AUDIENCE = "wrong_audience"
+    BAD_CLAIMS = "bad_claims"  # missing or mistyped exp/iat/sub/roles/...
+    # DPoP proofs, RFC 9449 (401)
+    DPOP_PROOF_MISSING = "dpop_proof_missing"  # a bound token without a proof
+    DPOP_BOUND_TOKEN_AS_BEARER = "dpop_bound_token_as_bearer"  # noqa: S105 - a reason code
+    DPOP_TOKEN_NOT_BOUND = "dpop_token_not_bound"  # noqa: S105 - a reason code
+    DPOP_MULTIPLE_PROOFS = "dpop_multiple_proofs"
+    DPOP_MALFORMED = "dpop_malformed"
+    DPOP_BAD_TYP = "dpop_bad_typ"
+    DPOP_ALG_NOT_ALLOWED = "dpop_alg_not_allowed"
+    DPOP_PRIVATE_KEY = "dpop_private_key"
+    DPOP_BAD_SIGNATURE = "dpop_bad_signature"
+    DPOP_HTM_MISMATCH = "dpop_htm_mismatch"
+    DPOP_HTU_MISMATCH = "dpop_htu_mismatch"
+    DPOP_IAT_OUT_OF_WINDOW = "dpop_iat_out_of_window"
+    DPOP_ATH_MISMATCH = "dpop_ath_mismatch"
+    DPOP_KEY_MISMATCH = "dpop_key_mismatch"  # proof key thumbprint != the token's cnf.jkt
+    DPOP_NONCE_REQUIRED = "dpop_nonce_required"  # missing, wrong or stale nonce
+    DPOP_REPLAY = "dpop_replay"  # a proof jti seen before (the state check)
+    # devices
+    DEVICE_REVOKED = "device_revoked"
+    # mTLS service identities (401)
+    MTLS_NOT_CONFIGURED = "mtls_not_configured"
+    MTLS_UNTRUSTED_CERT = "mtls_untrusted_cert"
+    MTLS_NO_IDENTITY = "mtls_no_identity"  # no URI or DNS SAN
+    MTLS_UNKNOWN_IDENTITY = "mtls_unknown_identity"  # not in data.extauthz.mtls_identities
     # policy (403); OPA supplies its own codes, carried as `policy_reason`
     POLICY_DENY = "policy_deny"
     BAD_REQUEST = "bad_request"
@@ -26,6 +63,7 @@ class Reason(enum.StrEnum):
     OPA_UNAVAILABLE = "opa_unavailable"
     OPA_BAD_RESPONSE = "opa_bad_response"
     REDIS_UNAVAILABLE = "redis_unavailable"
+    JWKS_UNAVAILABLE = "jwks_unavailable"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -59,6 +97,22 @@ class RequestView:
     route: ModelRoute
     body: bytes = b""
     tls_principal: str = ""
+    scheme: str = ""  # http | https, as Envoy saw it (DPoP htu)
+    peer_certificate: str = ""  # the client certificate (PEM) on an mTLS listener, else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """The key that proved possession (DPoP) in this request, and what the registry says of it."""
+
+    thumbprint: str  # RFC 7638 SHA-256 thumbprint of the proof's public key
+    trust: str  # none | registered | managed | attested ("none": not enrolled for the subject)
+    state_key: str = ""  # the device record, re-checked (still active) in the state round trip
+    replay_key: str = ""  # the proof's jti, set-if-absent in the state round trip
+    replay_ttl: int = 0  # seconds the jti is remembered (the proof acceptance window)
+
+
+NO_DEVICE = Device(thumbprint="", trust="none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,8 +124,10 @@ class Principal:
     projects: tuple[str, ...]
     tier: str
     credential: str  # api_key | jwt | jwt+dpop | mtls
-    credential_id: str  # key id or token hash prefix: rate-limit identity, logged, not secret
+    credential_id: str  # key id or token hash prefix: logged, not secret
     state_key: str = ""  # Redis key re-checked in the state round trip ("" when none)
+    device: Device = NO_DEVICE
+    rate_key: str = ""  # rate-limit identity when not credential_id (e.g. a JWT's subject)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +147,9 @@ class PolicyDecision:
     quota: tuple[Window, ...] = ()
     headers: tuple[tuple[str, str], ...] = ()
     decision_id: str = ""  # OPA's decision id, when it returns one
+    response: tuple[tuple[str, object], ...] = ()  # shaping hints for the response path
+    source: str = "opa"  # opa | cache | fail_open
+    revision: str = ""  # the policy revision it was decided under, when known
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +182,7 @@ class Decision:
     upstream_headers: tuple[tuple[str, str], ...] = ()
     remove_headers: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
+    denial_headers: tuple[tuple[str, str], ...] = ()  # e.g. WWW-Authenticate + DPoP-Nonce
 
     @property
     def allowed(self) -> bool:
@@ -132,8 +192,15 @@ class Decision:
 class Denied(Exception):  # noqa: N818 - it is a result, not an error
     """Raised by a stage to end the decision with `status` and `reason`."""
 
-    def __init__(self, status: Status, reason: Reason, detail: str = "") -> None:
+    def __init__(
+        self,
+        status: Status,
+        reason: Reason,
+        detail: str = "",
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
         super().__init__(f"{status.value} {reason.value} {detail}".strip())
         self.status = status
         self.reason = reason
         self.detail = detail
+        self.headers = headers  # response headers the denial must carry (RFC-defined only)

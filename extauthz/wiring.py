@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import secrets
 from dataclasses import dataclass
@@ -12,11 +14,19 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from extauthz.authn.apikeys import ApiKeyAuthenticator, KeyStore
-from extauthz.authn.authenticator import Authenticator
+from extauthz.authn.authenticator import Authenticator, TokenAuthenticator
+from extauthz.authn.devices import DeviceRegistry, DeviceStore
+from extauthz.authn.dpop import NonceIssuer, ProofRules, ProofVerifier
+from extauthz.authn.jwt import JwksSource, JwtVerifier, TokenRules
+from extauthz.authn.mtls import CertificateVerifier, IdentityMap, MtlsAuthenticator, load_ca_bundle
 from extauthz.decisionlog import DecisionLog
 from extauthz.handler import CheckHandler
 from extauthz.limits.limiter import Limiter
+from extauthz.policy.cache import DecisionCache
+from extauthz.policy.engine import PolicyEngine
 from extauthz.policy.opa import OpaClient
+from extauthz.policy.revision import RevisionWatcher
+from extauthz.policy.shadow import Shadow
 from extauthz.settings import Settings
 
 
@@ -44,18 +54,79 @@ def redis_client(settings: Settings) -> aioredis.Redis:
     )
 
 
+def token_authenticator(
+    settings: Settings, redis: aioredis.Redis, pepper: bytes
+) -> TokenAuthenticator | None:
+    """JWT (+ DPoP) authentication, when an issuer JWKS is configured."""
+    if not settings.jwt_jwks:
+        return None
+    algorithms = tuple(a.strip() for a in settings.jwt_algorithms.split(",") if a.strip())
+    rules = TokenRules(
+        issuer=settings.jwt_issuer,
+        audience=settings.jwt_audience,
+        algorithms=algorithms,
+        leeway=settings.jwt_leeway,
+        max_lifetime=settings.jwt_max_lifetime,
+        subject_claim=settings.jwt_subject_claim,
+        roles_claim=settings.jwt_roles_claim,
+        projects_claim=settings.jwt_projects_claim,
+        tier_claim=settings.jwt_tier_claim,
+    )
+    jwks = JwksSource(
+        settings.jwt_jwks,
+        settings.jwks_refresh_interval,
+        settings.jwks_min_refresh_interval,
+        settings.jwks_timeout,
+    )
+    nonces = None
+    if settings.dpop_require_nonce:
+        secret = hmac.new(pepper, b"extauthz dpop nonce", hashlib.sha256).digest()
+        nonces = NonceIssuer(secret, settings.dpop_nonce_lifetime)
+    proofs = ProofVerifier(
+        ProofRules(algorithms, settings.dpop_window, settings.dpop_leeway, settings.dpop_origin),
+        nonces,
+    )
+    devices = DeviceRegistry(
+        DeviceStore(redis), settings.device_cache_ttl, settings.device_cache_size
+    )
+    return TokenAuthenticator(
+        JwtVerifier(jwks, rules, settings.jwt_cache_size),
+        proofs,
+        devices,
+        proof_window=settings.dpop_window + settings.dpop_leeway,
+        origin=settings.dpop_origin,
+    )
+
+
+def mtls_authenticator(settings: Settings) -> MtlsAuthenticator:
+    """mTLS identities; without a CA file every client certificate is refused."""
+    certificates = None
+    if settings.mtls_ca_file:
+        certificates = CertificateVerifier(load_ca_bundle(Path(settings.mtls_ca_file)))
+    return MtlsAuthenticator(
+        certificates, IdentityMap(settings.opa_url, settings.mtls_identities_ttl)
+    )
+
+
 @dataclass
 class Service:
     handler: CheckHandler
     redis: aioredis.Redis
     opa: OpaClient
+    watcher: RevisionWatcher
+    shadow: Shadow | None
     decision_log: DecisionLog
 
     async def start(self) -> None:
         self.decision_log.start()
         await self.opa.start()
+        await self.watcher.poll_once()  # a cold cache and fallback table are ready at once
+        self.watcher.start()
 
     async def close(self) -> None:
+        await self.watcher.stop()
+        if self.shadow is not None:
+            await self.shadow.drain()
         await self.opa.close()
         await self.redis.aclose()
         self.decision_log.stop()
@@ -71,12 +142,32 @@ def build_service(settings: Settings) -> Service:
         cache_size=settings.key_cache_size,
     )
     opa = OpaClient(settings.opa_url, settings.opa_decision_path, settings.opa_timeout)
+    watcher = RevisionWatcher(opa, settings.revision_poll_interval, settings.revision_max_age)
+    shadow = None
+    if settings.shadow_decision_path:
+        shadow = Shadow(
+            opa,
+            settings.shadow_decision_path,
+            settings.shadow_sample,
+            Path(settings.shadow_log),
+            DecisionCache(settings.decision_cache_size, name="shadow"),
+        )
+    policy = PolicyEngine(opa, watcher, DecisionCache(settings.decision_cache_size), shadow)
     decision_log = DecisionLog(settings.decision_log)
     handler = CheckHandler(
-        Authenticator(api_keys),
-        opa,
+        Authenticator(
+            api_keys, token_authenticator(settings, redis, pepper), mtls_authenticator(settings)
+        ),
+        policy,
         Limiter(redis, settings.redis_timeout),
         decision_log,
         settings.max_body_bytes,
     )
-    return Service(handler=handler, redis=redis, opa=opa, decision_log=decision_log)
+    return Service(
+        handler=handler,
+        redis=redis,
+        opa=opa,
+        watcher=watcher,
+        shadow=shadow,
+        decision_log=decision_log,
+    )

@@ -27,7 +27,7 @@ from typing import Any
 
 import joblib
 import sklearn
-from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits, load_iris
 from sklearn.linear_model import LogisticRegression, Ridge
 from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
@@ -91,11 +91,18 @@ def train_diabetes():
     return model, "r2", model.score(X_te, y_te)
 
 
+def train_iris():
+    X_tr, X_te, y_tr, y_te = _split(load_iris)
+    model = LogisticRegression(max_iter=1000, random_state=SEED).fit(X_tr, y_tr)
+    return model, "accuracy", model.score(X_te, y_te)
+
+
 # name -> (trainer, number of input features, is a classifier)
 SKLEARN_MODELS: dict[str, tuple[Callable, int, bool]] = {
     "digits": (train_digits, 64, True),
     "cancer": (train_cancer, 30, True),
     "diabetes": (train_diabetes, 10, False),
+    "iris": (train_iris, 4, True),
 }
 
 

@@ -3,13 +3,14 @@ so they can run beside a `make up` stack."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from extauthz.devstack import Stack
+from extauthz.devstack import ROOT, Stack
 from extauthz.settings import Settings
 
 
@@ -26,10 +27,19 @@ def free_ports(n: int) -> list[int]:
 
 
 def stack_settings(run_dir: Path) -> Settings:
-    envoy, admin, opa, redis, model, model_grpc, svc = free_ports(7)
+    """Settings for a stack on free ports, with its own copy of rego/ (tests edit policy live)
+    and shadow mode on for the example candidate."""
+    envoy, admin, opa, redis, model, model_grpc, svc, metrics, mtls = free_ports(9)
+    policy_dir = run_dir / "rego"
+    shutil.copytree(ROOT / "rego", policy_dir, dirs_exist_ok=True)
     return Settings(
+        policy_dir=policy_dir,
+        shadow_decision_path="extauthz/candidate/decision",
+        metrics_port=metrics,
         run_dir=run_dir,
         envoy_port=envoy,
+        envoy_mtls_port=mtls,
+        jwks_min_refresh_interval=0.2,  # JWKS rotation is picked up at once
         envoy_admin_port=admin,
         opa_url=f"http://127.0.0.1:{opa}",
         redis_url=f"redis://127.0.0.1:{redis}/0",

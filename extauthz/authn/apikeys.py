@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -61,9 +62,13 @@ class KeyRecord:
     created: int
     expires: int  # epoch seconds; 0: never
     status: str  # active | revoked
+    cidrs: tuple[str, ...] = ()  # client networks the key may be used from; (): anywhere
+    rotated_from: str = ""  # the key id this one replaced (keys rotate)
 
     def to_redis(self) -> dict[str, str]:
         return {
+            "cidrs": ",".join(self.cidrs),
+            "rotated_from": self.rotated_from,
             "hash": self.key_hash,
             "subject": self.subject,
             "roles": ",".join(self.roles),
@@ -87,7 +92,25 @@ class KeyRecord:
             created=int(f.get("created") or 0),
             expires=int(f.get("expires") or 0),
             status=f.get("status", "revoked"),
+            cidrs=tuple(c for c in f.get("cidrs", "").split(",") if c),
+            rotated_from=f.get("rotated_from", ""),
         )
+
+
+def parse_cidrs(cidrs: tuple[str, ...]) -> tuple[str, ...]:
+    """Normalised CIDR ranges; ValueError for anything that is not one."""
+    return tuple(str(ipaddress.ip_network(c.strip(), strict=False)) for c in cidrs if c.strip())
+
+
+def source_allowed(cidrs: tuple[str, ...], source_ip: str) -> bool:
+    """Whether `source_ip` (the peer address Envoy reports) is inside one of `cidrs`."""
+    if not cidrs:
+        return True
+    try:
+        address = ipaddress.ip_address(source_ip)
+    except ValueError:
+        return False
+    return any(address in ipaddress.ip_network(c) for c in cidrs)
 
 
 class KeyStore:
@@ -105,6 +128,7 @@ class KeyStore:
         projects: tuple[str, ...],
         tier: str,
         expires_in: int = 0,
+        cidrs: tuple[str, ...] = (),
     ) -> tuple[KeyRecord, str]:
         key_id, key = new_key()
         now = int(self._clock())
@@ -118,13 +142,42 @@ class KeyStore:
             created=now,
             expires=now + expires_in if expires_in else 0,
             status="active",
+            cidrs=parse_cidrs(cidrs),
         )
+        await self._put(record)
+        return record, key
+
+    async def rotate(
+        self, key_id: str, overlap: int, expires_in: int = 0
+    ) -> tuple[KeyRecord, KeyRecord, str] | None:
+        """A new key for the same principal; the old one stays valid for `overlap` seconds
+        more (or until its own expiry, if sooner). (old record, new record, new key) or None."""
+        old = await self.get(key_id)
+        if old is None or old.status != "active":
+            return None
+        now = int(self._clock())
+        new_id, key = new_key()
+        new = replace(
+            old,
+            key_id=new_id,
+            key_hash=hash_key(self._pepper, key),
+            created=now,
+            expires=now + expires_in if expires_in else 0,
+            rotated_from=old.key_id,
+        )
+        ends = now + overlap
+        old = replace(old, expires=min(old.expires, ends) if old.expires else ends)
+        await self._put(new)
+        await self._redis.hset(key_record_name(old.key_id), "expires", str(old.expires))
+        return old, new, key
+
+    async def _put(self, record: KeyRecord) -> None:
+        key_id = record.key_id
         name = key_record_name(key_id)
         async with self._redis.pipeline(transaction=True) as pipe:
             pipe.hset(name, mapping=record.to_redis())
             pipe.sadd("ea:keys", key_id)
             await pipe.execute()
-        return record, key
 
     async def get(self, key_id: str) -> KeyRecord | None:
         raw = await self._redis.hgetall(key_record_name(key_id))
@@ -168,7 +221,7 @@ class ApiKeyAuthenticator:
         self._clock = clock
         self._cache: TTLCache[str, KeyRecord] = TTLCache(cache_size, cache_ttl, clock)
 
-    async def authenticate(self, key: str) -> Principal:
+    async def authenticate(self, key: str, source_ip: str = "") -> Principal:
         key_id = split_key(key)
         presented = hash_key(self._pepper, key)
         if key_id is None:
@@ -193,6 +246,8 @@ class ApiKeyAuthenticator:
             raise Denied(Status.UNAUTHENTICATED, Reason.KEY_REVOKED)
         if record.expires and record.expires <= self._clock():
             raise Denied(Status.UNAUTHENTICATED, Reason.KEY_EXPIRED)
+        if not source_allowed(record.cidrs, source_ip):
+            raise Denied(Status.UNAUTHENTICATED, Reason.KEY_SOURCE_NOT_ALLOWED, source_ip)
         return Principal(
             subject=record.subject,
             roles=record.roles,

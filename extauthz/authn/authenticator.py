@@ -1,27 +1,128 @@
-"""Stage 2: find the credential a request presents and turn it into a Principal."""
+"""Stage 2: find the credential a request presents and turn it into a Principal.
+
+Which credential counts, first match wins:
+
+1. ``Authorization: Bearer eak_…``            API key
+2. ``Authorization: Bearer <jwt>``            JWT access token (must not be DPoP-bound)
+3. ``Authorization: DPoP <jwt>`` + ``DPoP``   DPoP-bound JWT with its proof (RFC 9449)
+4. ``x-api-key: eak_…``                       API key
+5. a client certificate (mTLS listener)       service identity
+Any other ``Authorization`` value is malformed; nothing at all is no credential. Every failure
+is the same 401 to the client; the reason code goes to the decision log.
+"""
 
 from __future__ import annotations
 
-from extauthz.authn.apikeys import ApiKeyAuthenticator, credential_from_headers
+from dataclasses import replace
+
+from extauthz.authn.apikeys import PREFIX, ApiKeyAuthenticator
+from extauthz.authn.devices import DeviceRegistry
+from extauthz.authn.dpop import ProofVerifier, replay_key, request_uri
+from extauthz.authn.jwt import JwtVerifier, VerifiedToken
+from extauthz.authn.mtls import MtlsAuthenticator
+from extauthz.limits.keys import subject_tag
 from extauthz.types import Denied, Principal, Reason, RequestView, Status
 
 # Credentials never travel past the gateway.
-CREDENTIAL_HEADERS = ("authorization", "x-api-key")
+CREDENTIAL_HEADERS = ("authorization", "x-api-key", "dpop")
+
+
+def _unauthenticated(reason: Reason, detail: str = "") -> Denied:
+    return Denied(Status.UNAUTHENTICATED, reason, detail)
+
+
+def _looks_like_jwt(value: str) -> bool:
+    return value.count(".") == 2 and " " not in value
+
+
+class TokenAuthenticator:
+    """JWT access tokens, alone (`jwt`) or bound to a DPoP key and proved (`jwt+dpop`)."""
+
+    def __init__(
+        self,
+        verifier: JwtVerifier,
+        proofs: ProofVerifier,
+        devices: DeviceRegistry,
+        proof_window: int,
+        origin: str = "",
+    ) -> None:
+        self._verifier = verifier
+        self._proofs = proofs
+        self._devices = devices
+        self._replay_ttl = proof_window
+        self._origin = origin
+
+    async def authenticate(self, scheme: str, token: str, view: RequestView) -> Principal:
+        verified = await self._verifier.verify(token)
+        if scheme == "bearer":
+            if verified.jkt:  # RFC 9449 §7.2: a bound token is no bearer token
+                raise _unauthenticated(Reason.DPOP_BOUND_TOKEN_AS_BEARER)
+            return _principal(verified, "jwt")
+        if not verified.jkt:
+            raise _unauthenticated(Reason.DPOP_TOKEN_NOT_BOUND)
+        header = view.headers.get("dpop")
+        if header is None:
+            raise _unauthenticated(Reason.DPOP_PROOF_MISSING)
+        proof = self._proofs.verify(
+            header,
+            method=view.method,
+            uri=request_uri(view.scheme, view.host, view.path, self._origin),
+            access_token_ath=verified.ath,
+            token_jkt=verified.jkt,
+        )
+        device = await self._devices.lookup(verified.subject, proof.jkt)
+        device = replace(
+            device,
+            replay_key=replay_key(verified.subject, proof),
+            replay_ttl=self._replay_ttl,
+        )
+        return replace(_principal(verified, "jwt+dpop"), device=device)
+
+
+def _principal(verified: VerifiedToken, credential: str) -> Principal:
+    return Principal(
+        subject=verified.subject,
+        roles=verified.roles,
+        projects=verified.projects,
+        tier=verified.tier,
+        credential=credential,
+        credential_id=verified.token_hash[:12],
+        rate_key=subject_tag(verified.subject),  # quota per subject, not per token
+    )
 
 
 class Authenticator:
-    """Dispatches on the credential kind. API keys now; JWT, DPoP and mTLS plug in here."""
+    """Dispatches on the credential kind (see the module docstring)."""
 
-    def __init__(self, api_keys: ApiKeyAuthenticator) -> None:
+    def __init__(
+        self,
+        api_keys: ApiKeyAuthenticator,
+        tokens: TokenAuthenticator | None = None,
+        mtls: MtlsAuthenticator | None = None,
+    ) -> None:
         self._api_keys = api_keys
+        self._tokens = tokens
+        self._mtls = mtls
 
     async def authenticate(self, view: RequestView) -> Principal:
-        key = credential_from_headers(view.headers)
-        if key is None:
-            reason = (
-                Reason.MALFORMED_CREDENTIAL
-                if "authorization" in view.headers
-                else Reason.NO_CREDENTIAL
-            )
-            raise Denied(Status.UNAUTHENTICATED, reason)
-        return await self._api_keys.authenticate(key)
+        headers = view.headers
+        auth = headers.get("authorization")
+        if auth is not None:
+            scheme, _, value = auth.strip().partition(" ")
+            scheme, value = scheme.lower(), value.strip()
+            if scheme == "bearer" and value.startswith(PREFIX):
+                return await self._api_keys.authenticate(value, view.source_ip)
+            if scheme in ("bearer", "dpop") and _looks_like_jwt(value):
+                if self._tokens is None:
+                    raise _unauthenticated(Reason.JWT_NOT_CONFIGURED)
+                return await self._tokens.authenticate(scheme, value, view)
+        key = headers.get("x-api-key")
+        if key:
+            return await self._api_keys.authenticate(key, view.source_ip)
+        if auth is not None:
+            raise _unauthenticated(Reason.MALFORMED_CREDENTIAL)
+        if view.peer_certificate:
+            if self._mtls is None:
+                raise _unauthenticated(Reason.MTLS_NOT_CONFIGURED)
+            return await self._mtls.authenticate(view)
+        raise _unauthenticated(Reason.NO_CREDENTIAL)

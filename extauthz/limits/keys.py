@@ -6,6 +6,8 @@ works on Redis Cluster.
 
 from __future__ import annotations
 
+import hashlib
+
 from extauthz.types import Principal, Window
 
 # The tag prefix per credential kind; an API key's counters share the slot of its record
@@ -13,7 +15,15 @@ from extauthz.types import Principal, Window
 _TAG_PREFIX = {"api_key": "key"}
 
 
+def subject_tag(subject: str) -> str:
+    """The hash tag of everything keyed by a token subject: its counters, its device records
+    and its DPoP proof jtis, so one Lua call covers them all. Hashed: a subject may hold '}'."""
+    return "sub:" + hashlib.sha256(subject.encode()).hexdigest()[:16]
+
+
 def hash_tag(principal: Principal) -> str:
+    if principal.rate_key:
+        return principal.rate_key
     prefix = _TAG_PREFIX.get(principal.credential, principal.credential.replace("+", "_"))
     return f"{prefix}:{principal.credential_id}"
 

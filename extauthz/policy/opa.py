@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import aiohttp
 
+from extauthz.metrics import OPA_ERRORS, OPA_SECONDS
 from extauthz.types import Denied, PolicyDecision, Reason, Status, Window
 
 
@@ -27,6 +29,9 @@ def parse_decision(body: dict[str, Any]) -> PolicyDecision:
             raise ValueError("bad quota window")
         headers = tuple((str(k).lower(), str(v)) for k, v in (result.get("headers") or {}).items())
         status = int(result.get("status") or (200 if allow else 403))
+        response = result.get("response") or {}
+        if not isinstance(response, dict):
+            raise TypeError("response is not an object")
         return PolicyDecision(
             allow=allow,
             status=200 if allow else status,
@@ -34,6 +39,7 @@ def parse_decision(body: dict[str, Any]) -> PolicyDecision:
             quota=quota,
             headers=headers,
             decision_id=str(body.get("decision_id") or ""),
+            response=tuple(sorted(response.items())),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise Denied(Status.UNAVAILABLE, Reason.OPA_BAD_RESPONSE, str(exc)) from exc
@@ -43,7 +49,8 @@ class OpaClient:
     """POST /v1/data/<path> with {"input": ...}; errors and timeouts become Denied(503)."""
 
     def __init__(self, base_url: str, decision_path: str, timeout: float) -> None:
-        self._url = f"{base_url.rstrip('/')}/v1/data/{decision_path.strip('/')}"
+        self._base = base_url.rstrip("/")
+        self._url = f"{self._base}/v1/data/{decision_path.strip('/')}"
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -57,10 +64,34 @@ class OpaClient:
         if self._session is not None:
             await self._session.close()
 
-    async def decide(self, policy_input: dict[str, Any]) -> PolicyDecision:
+    async def decide(self, policy_input: dict[str, Any], path: str = "") -> PolicyDecision:
+        """One POST; `path` overrides the configured rule (shadow mode queries a candidate)."""
+        url = f"{self._base}/v1/data/{path.strip('/')}" if path else self._url
+        started = time.perf_counter()
+        try:
+            body = await self._request("POST", url, {"input": policy_input})
+        except Denied as denied:
+            OPA_ERRORS.labels(denied.reason.value).inc()
+            raise
+        finally:
+            OPA_SECONDS.observe(time.perf_counter() - started)
+        return parse_decision(body)
+
+    async def get(self, path: str) -> bytes:
+        """GET a raw OPA API document (e.g. /v1/policies), for the revision watcher."""
         assert self._session is not None, "OpaClient.start() was not awaited"
         try:
-            async with self._session.post(self._url, json={"input": policy_input}) as resp:
+            async with self._session.get(f"{self._base}{path}") as resp:
+                if resp.status != 200:
+                    raise Denied(Status.UNAVAILABLE, Reason.OPA_BAD_RESPONSE, f"http {resp.status}")
+                return await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise Denied(Status.UNAVAILABLE, Reason.OPA_UNAVAILABLE, type(exc).__name__) from exc
+
+    async def _request(self, method: str, url: str, payload: dict[str, Any]) -> dict[str, Any]:
+        assert self._session is not None, "OpaClient.start() was not awaited"
+        try:
+            async with self._session.request(method, url, json=payload) as resp:
                 if resp.status != 200:
                     raise Denied(Status.UNAVAILABLE, Reason.OPA_BAD_RESPONSE, f"http {resp.status}")
                 body = await resp.json(content_type=None)
@@ -68,4 +99,4 @@ class OpaClient:
             raise Denied(Status.UNAVAILABLE, Reason.OPA_UNAVAILABLE, type(exc).__name__) from exc
         if not isinstance(body, dict):
             raise Denied(Status.UNAVAILABLE, Reason.OPA_BAD_RESPONSE, "not an object")
-        return parse_decision(body)
+        return body

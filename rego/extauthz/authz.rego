@@ -8,6 +8,7 @@
 #   data.extauthz.roles        role -> action -> highest sensitivity the role may use it at
 #   data.extauthz.tiers        tier -> list of quota windows {name, limit, window}
 #   data.extauthz.sensitivity  sensitivity label -> rank (public 0 .. restricted 3)
+#   data.extauthz.assurance    sensitivity -> credentials + least device trust (assurance.rego)
 package extauthz.authz
 
 catalog := data.extauthz.catalog
@@ -37,6 +38,9 @@ action_listed if input.request.action in model.actions
 
 project_member if model.project in input.principal.projects
 
+# Public models are open to every authenticated caller, whatever their projects.
+project_member if model.sensitivity == "public"
+
 # Some role of the principal permits the action at the model's sensitivity.
 # Missing or malformed roles simply permit nothing.
 role_permits if {
@@ -57,10 +61,22 @@ reason := "unknown_model" if {
 	not known_model
 } else := "action_not_allowed" if {
 	not action_listed
+} else := "network_not_allowed" if {
+	not network_ok
 } else := "project_mismatch" if {
 	not project_member
 } else := "role_not_permitted" if {
 	not role_permits
+} else := "insufficient_assurance" if {
+	not credential_sufficient
+} else := "malformed_body" if {
+	not body_ok
+} else := "batch_too_large" if {
+	not batch_ok
+} else := "scores_not_permitted" if {
+	not scores_ok
+} else := "parameter_not_allowed" if {
+	not parameters_ok
 } else := "unknown_tier" if {
 	not known_tier
 } else := "ok"
@@ -73,6 +89,7 @@ decision := {
 	"reason": reason,
 	"quota": quota,
 	"headers": {"x-extauthz-tier": input.principal.tier},
+	"response": object.get(model, "response", {}),
 } if {
 	allow
 }
@@ -83,6 +100,7 @@ decision := {
 	"reason": reason,
 	"quota": [],
 	"headers": {},
+	"response": {},
 } if {
 	not allow
 }

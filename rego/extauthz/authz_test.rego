@@ -17,10 +17,21 @@ who_may_do_what := {
 	"alice infers digits version 2": [alice, infer_version("digits", "2"), allowed("standard")],
 	"alice infers cancer": [alice, infer("cancer"), denied("project_mismatch")],
 	"alice infers echo": [alice, infer("echo"), denied("project_mismatch")],
-	# bob: clinician on the clinical project
-	"bob infers cancer": [bob, infer("cancer"), allowed("standard")],
-	"bob infers diabetes": [bob, infer("diabetes"), allowed("standard")],
-	"bob reads diabetes metadata": [bob, metadata("diabetes"), allowed("standard")],
+	# bob: clinician on the clinical project (cancer responses carry shaping hints)
+	"bob infers cancer": [bob, infer("cancer"), allowed_shaped("standard", {"round": 2, "max_classes": 1})],
+	# diabetes is restricted: only a DPoP-bound JWT from a managed (or attested) device
+	"bob infers diabetes with his API key": [bob, infer("diabetes"), denied("insufficient_assurance")],
+	"bob reads diabetes metadata with his API key": [bob, metadata("diabetes"), denied("insufficient_assurance")],
+	"bob infers diabetes with a plain JWT": [with_jwt(bob), infer("diabetes"), denied("insufficient_assurance")],
+	"bob infers diabetes with JWT+DPoP, device not enrolled": [with_dpop(bob, "none"), infer("diabetes"), denied("insufficient_assurance")],
+	"bob infers diabetes with JWT+DPoP from a registered device": [with_dpop(bob, "registered"), infer("diabetes"), denied("insufficient_assurance")],
+	"bob infers diabetes with JWT+DPoP from a managed device": [with_dpop(bob, "managed"), infer("diabetes"), allowed_shaped("standard", {"round": 1})],
+	"bob reads diabetes metadata with JWT+DPoP from a managed device": [with_dpop(bob, "managed"), metadata("diabetes"), allowed_shaped("standard", {"round": 1})],
+	"bob infers diabetes with JWT+DPoP from an attested device": [with_dpop(bob, "attested"), infer("diabetes"), allowed_shaped("standard", {"round": 1})],
+	"bob infers diabetes with an API key claiming a managed device": [with_device(bob, "managed"), infer("diabetes"), denied("insufficient_assurance")],
+	"bob infers diabetes with JWT+DPoP, unknown trust label": [with_dpop(bob, "root"), infer("diabetes"), denied("insufficient_assurance")],
+	"bob infers cancer (confidential) with a plain JWT": [with_jwt(bob), infer("cancer"), allowed_shaped("standard", {"round": 2, "max_classes": 1})],
+	"bob infers cancer with JWT+DPoP, device not enrolled": [with_dpop(bob, "none"), infer("cancer"), allowed_shaped("standard", {"round": 2, "max_classes": 1})],
 	"bob infers digits": [bob, infer("digits"), denied("project_mismatch")],
 	# victor: viewer on the vision project
 	"victor infers digits": [victor, infer("digits"), denied("role_not_permitted")],
@@ -32,10 +43,16 @@ who_may_do_what := {
 	# olga: operator on ops, trial tier
 	"olga infers echo": [olga, infer("echo"), allowed("trial")],
 	# ada: admin on every project, bench tier
-	"ada infers diabetes": [ada, infer("diabetes"), allowed("bench")],
+	"ada infers diabetes with her API key": [ada, infer("diabetes"), denied("insufficient_assurance")],
+	"ada infers diabetes with JWT+DPoP from a managed device": [with_dpop(ada, "managed"), infer("diabetes"), allowed_shaped("bench", {"round": 1})],
+	"ada infers diabetes as an mTLS service identity": [with_mtls(ada), infer("diabetes"), denied("insufficient_assurance")],
+	"olga infers echo as an mTLS service identity": [with_mtls(olga), infer("echo"), allowed("trial")],
+	"alice infers digits with a plain JWT": [with_jwt(alice), infer("digits"), allowed("standard")],
+	"alice (role analyst) infers diabetes with JWT+DPoP from a managed device": [with_dpop(alice, "managed"), infer("diabetes"), denied("project_mismatch")],
+	"dora (viewer+clinician) infers diabetes with JWT+DPoP, managed": [with_dpop(dora, "managed"), infer("diabetes"), allowed_shaped("standard", {"round": 1})],
 	"ada infers digits": [ada, infer("digits"), allowed("bench")],
 	# multiple roles: any one permitting role is enough
-	"dora (viewer+clinician) infers cancer": [dora, infer("cancer"), allowed("standard")],
+	"dora (viewer+clinician) infers cancer": [dora, infer("cancer"), allowed_shaped("standard", {"round": 2, "max_classes": 1})],
 	# unknown models and non-model routes
 	"alice infers an unknown model": [alice, infer("mnist"), denied("unknown_model")],
 	"alice calls a non-model path": [alice, non_model_route, denied("unknown_model")],
@@ -55,13 +72,48 @@ who_may_do_what := {
 	"victor sends an unknown action to cancer": [victor, request("POST", "cancer", "unload"), denied("action_not_allowed")],
 	"victor infers cancer": [victor, infer("cancer"), denied("project_mismatch")],
 	"mallory reads cancer metadata": [mallory_clinical, metadata("cancer"), denied("role_not_permitted")],
+	# public models: any authenticated caller whose role permits the action, any project
+	"alice infers iris (public, project demo)": [alice, infer("iris"), allowed("standard")],
+	"bob infers iris": [bob, infer("iris"), allowed("standard")],
+	"victor infers iris": [victor, infer("iris"), denied("role_not_permitted")],
+	# risky requests, read from the parsed V2 body
+	"alice infers digits with a malformed body": [alice, infer_with("digits", {"valid": false}), denied("malformed_body")],
+	"alice infers digits in a batch of 64": [alice, infer_with("digits", {"batch_size": 64}), allowed("standard")],
+	"alice infers digits in a batch of 65": [alice, infer_with("digits", {"batch_size": 65}), denied("batch_too_large")],
+	"bob infers cancer in a batch of 17": [bob, infer_with("cancer", {"batch_size": 17}), denied("batch_too_large")],
+	"alice asks digits for probabilities": [alice, infer_with("digits", {"outputs": ["predict_proba"]}), allowed("standard")],
+	"alice asks digits for labels": [alice, infer_with("digits", {"outputs": ["predict"]}), allowed("standard")],
+	"bob asks cancer for probabilities": [bob, infer_with("cancer", {"outputs": ["predict", "predict_proba"]}), allowed_shaped("standard", {"round": 2, "max_classes": 1})],
+	"ada asks cancer for probabilities": [ada, infer_with("cancer", {"outputs": ["predict_proba"]}), allowed_shaped("bench", {"round": 2, "max_classes": 1})],
+	"dora (viewer+clinician) asks cancer for probabilities": [dora, infer_with("cancer", {"outputs": ["predict_proba"]}), allowed_shaped("standard", {"round": 2, "max_classes": 1})],
+	"alice sends content_type to digits": [alice, infer_with("digits", {"parameters": ["content_type"]}), allowed("standard")],
+	"alice sends an unlisted parameter to digits": [alice, infer_with("digits", {"parameters": ["explain"]}), denied("parameter_not_allowed")],
+	"olga sends any parameter to echo": [olga, infer_with("echo", {"parameters": ["content_type"]}), denied("parameter_not_allowed")],
+	"olga infers echo in a batch of 2": [olga, infer_with("echo", {"batch_size": 2}), denied("batch_too_large")],
+	"metadata requests carry no body facts to gate": [alice, metadata("digits"), allowed("standard")],
+	# precedence among the risky checks: malformed > batch > scores > parameters
+	"alice sends a big batch asking for an unlisted parameter": [alice, infer_with("digits", {"batch_size": 99, "parameters": ["explain"]}), denied("batch_too_large")],
+	"carol (analyst on clinical) asks cancer for a big batch": [carol, infer_with("cancer", {"batch_size": 99}), denied("role_not_permitted")],
+	# project networks: clinical only from loopback and 10.20/16
+	"bob infers cancer from 10.20.3.4": [bob, from_ip(infer("cancer"), "10.20.3.4"), allowed_shaped("standard", {"round": 2, "max_classes": 1})],
+	"bob infers cancer from 192.0.2.10": [bob, from_ip(infer("cancer"), "192.0.2.10"), denied("network_not_allowed")],
+	"bob infers cancer from IPv6 loopback": [bob, from_ip(infer("cancer"), "::1"), allowed_shaped("standard", {"round": 2, "max_classes": 1})],
+	"bob infers cancer from a garbage address": [bob, from_ip(infer("cancer"), "not-an-ip"), denied("network_not_allowed")],
+	"alice infers digits from 192.0.2.10 (vision is not restricted)": [alice, from_ip(infer("digits"), "192.0.2.10"), allowed("standard")],
+	"alice infers cancer from 192.0.2.10 (network before project)": [alice, from_ip(infer("cancer"), "192.0.2.10"), denied("network_not_allowed")],
 }
 
 test_who_may_do_what[name] if {
 	some name, [principal, req, want] in who_may_do_what
-	got := authz.decision with input as {"request": req, "principal": principal}
+	got := authz.decision with input as caller_input(principal, req)
 	same(got, want)
 }
+
+# A table principal may carry the request's device (see with_dpop); the service sends it as
+# the top-level `device`, beside the principal.
+caller_input(p, req) := {"request": req, "principal": object.remove(p, ["device"]), "device": p.device}
+
+caller_input(p, req) := {"request": req, "principal": p} if not p.device
 
 # ---------------------------------------------------------------------------
 # Principals
@@ -81,6 +133,8 @@ ada := principal("ada", ["admin"], ["vision", "clinical", "ops"], "bench")
 
 dora := principal("dora", ["viewer", "clinician"], ["clinical"], "standard")
 
+carla := principal("carla", ["clinician"], ["clinical"], "standard")
+
 mallory := principal("mallory", ["analyst"], ["vision"], "gold")
 
 mallory_clinical := principal("mallory", ["analyst"], ["clinical"], "gold")
@@ -94,6 +148,15 @@ rolf_without_roles := object.remove(principal("rolf", [], ["vision"], "standard"
 pat_without_projects := object.remove(principal("pat", ["analyst"], [], "standard"), ["projects"])
 
 nemo_without_tier := object.remove(principal("nemo", ["analyst"], ["vision"], ""), ["tier"])
+
+# The same principal with another credential kind (and, for DPoP, its device's trust).
+with_jwt(p) := object.union(p, {"credential": "jwt"})
+
+with_mtls(p) := object.union(p, {"credential": "mtls"})
+
+with_dpop(p, trust) := object.union(p, {"credential": "jwt+dpop", "device": {"trust": trust, "thumbprint": "jkt"}})
+
+with_device(p, trust) := object.union(p, {"device": {"trust": trust, "thumbprint": "jkt"}})
 
 principal(subject, roles, projects, tier) := {
 	"subject": subject,
@@ -125,7 +188,18 @@ request(method, model, action) := {
 	"version": "",
 	"action": action,
 	"source_ip": "127.0.0.1",
+	"body": body_of(action),
 }
+
+# Body facts as the service builds them (extauthz/policy/input.py: body_facts).
+body_of("infer") := {"valid": true, "batch_size": 1, "inputs": 1, "outputs": [], "parameters": []}
+
+body_of(action) := {"valid": true, "batch_size": 0, "inputs": 0, "outputs": [], "parameters": []} if action != "infer"
+
+# An infer request of `model` whose body facts are patched with `facts`.
+infer_with(model, facts) := object.union(infer(model), {"body": object.union(body_of("infer"), facts)})
+
+from_ip(req, ip) := object.union(req, {"source_ip": ip})
 
 route_path(model, "infer") := sprintf("/v2/models/%s/infer", [model])
 
@@ -155,12 +229,15 @@ quota_of := {
 	"bench": [{"name": "minute", "limit": 10000000, "window": 60}],
 }
 
-allowed(tier) := {
+allowed(tier) := allowed_shaped(tier, {})
+
+allowed_shaped(tier, response) := {
 	"allow": true,
 	"status": 200,
 	"reason": "ok",
 	"quota": quota_of[tier],
 	"headers": {"x-extauthz-tier": tier},
+	"response": response,
 }
 
 denied(reason) := {
@@ -169,6 +246,7 @@ denied(reason) := {
 	"reason": reason,
 	"quota": [],
 	"headers": {},
+	"response": {},
 }
 
 # On mismatch, print both sides so the failing row is easy to diagnose.
@@ -228,7 +306,7 @@ test_every_decision_is_well_formed if {
 }
 
 well_formed(d) if {
-	object.keys(d) == {"allow", "status", "reason", "quota", "headers"}
+	object.keys(d) == {"allow", "status", "reason", "quota", "headers", "response"}
 	d.allow == true
 	d.status == 200
 	d.reason == "ok"
@@ -237,10 +315,14 @@ well_formed(d) if {
 }
 
 well_formed(d) if {
-	object.keys(d) == {"allow", "status", "reason", "quota", "headers"}
+	object.keys(d) == {"allow", "status", "reason", "quota", "headers", "response"}
 	d.allow == false
 	d.status == 403
-	d.reason in {"unknown_model", "action_not_allowed", "project_mismatch", "role_not_permitted", "unknown_tier"}
+	d.reason in {
+		"unknown_model", "action_not_allowed", "network_not_allowed", "project_mismatch",
+		"role_not_permitted", "insufficient_assurance", "malformed_body", "batch_too_large",
+		"scores_not_permitted", "parameter_not_allowed", "unknown_tier",
+	}
 	d.quota == []
 	d.headers == {}
 }
@@ -288,7 +370,7 @@ test_catalog_entries_are_complete if {
 test_role_limits_use_known_labels if {
 	every _, limits in data.extauthz.roles {
 		every action, label in limits {
-			action in {"infer", "metadata", "ready"}
+			action in {"infer", "metadata", "ready", "scores"}
 			data.extauthz.sensitivity[label] >= 0
 		}
 	}
@@ -310,4 +392,54 @@ test_sensitivity_order if {
 	s.public < s.internal
 	s.internal < s.confidential
 	s.confidential < s.restricted
+}
+
+# ---------------------------------------------------------------------------
+# Scores permission, networks and the fail-open table under other data.
+# ---------------------------------------------------------------------------
+
+test_role_without_scores_permission_gets_labels_only if {
+	roles := object.union(object.remove(data.extauthz.roles, ["clinician"]), {"clinician": {"infer": "restricted"}})
+	got := authz.decision with input as {"request": infer_with("cancer", {"outputs": ["predict_proba"]}), "principal": carla}
+		with data.extauthz.roles as roles
+	same(got, denied("scores_not_permitted"))
+}
+
+test_no_networks_data_restricts_nothing if {
+	got := authz.decision with input as {"request": from_ip(infer("cancer"), "192.0.2.10"), "principal": bob}
+		with data.extauthz.networks as {}
+	same(got, allowed_shaped("standard", {"round": 2, "max_classes": 1}))
+}
+
+test_fallback_lists_only_public_fail_open_models if {
+	authz.fallback.open_models == {"iris": ["infer", "metadata", "ready"]}
+	authz.fallback.tiers == data.extauthz.tiers
+}
+
+test_fallback_never_lists_a_non_public_model if {
+	catalog := {
+		"open-secret": {"project": "x", "sensitivity": "internal", "owner": "t", "actions": ["infer"], "fail_mode": "open"},
+		"open-public": {"project": "x", "sensitivity": "public", "owner": "t", "actions": ["infer"], "fail_mode": "open"},
+		"closed-public": {"project": "x", "sensitivity": "public", "owner": "t", "actions": ["infer"], "fail_mode": "closed"},
+	}
+	open := authz.fallback.open_models with data.extauthz.catalog as catalog
+	open == {"open-public": ["infer"]}
+}
+
+test_catalog_risk_fields_are_well_formed if {
+	every _, m in data.extauthz.catalog {
+		m.max_batch >= 1
+		is_array(m.score_outputs)
+		is_array(m.parameters)
+		m.fail_mode in {"open", "closed"}
+		is_object(m.response)
+	}
+}
+
+test_network_ranges_are_valid_cidrs if {
+	every _, ranges in data.extauthz.networks {
+		every cidr in ranges {
+			net.cidr_is_valid(cidr)
+		}
+	}
 }

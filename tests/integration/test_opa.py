@@ -22,6 +22,7 @@ def policy_input(
             "version": "",
             "action": "infer",
             "source_ip": "127.0.0.1",
+            "body": {"valid": True, "batch_size": 1, "inputs": 1, "outputs": [], "parameters": []},
         },
         "principal": {
             "subject": subject,

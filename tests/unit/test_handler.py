@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from extauthz.handler import CheckHandler
+from extauthz.policy.input import build_input
 from extauthz.response import BODIES
 from extauthz.types import (
     Denied,
@@ -42,8 +43,8 @@ class FakePolicy:
         self.result = result
         self.inputs: list[dict[str, Any]] = []
 
-    async def decide(self, policy_input: dict[str, Any]) -> PolicyDecision:
-        self.inputs.append(policy_input)
+    async def decide(self, view: RequestView, principal: Principal) -> PolicyDecision:
+        self.inputs.append(build_input(view, principal))
         if isinstance(self.result, Exception):
             raise self.result
         return self.result

@@ -1,0 +1,142 @@
+"""How exact is the sliding-window counter? Replays a bursty trace through the real Lua script
+(real Redis, injected clock) and compares with an exact sliding log computed offline.
+
+    .venv/bin/python -m bench.limiter_accuracy [--seconds 1800] [--limit 100] [--window 60]
+
+Reports, for the counter:
+- over-admission: admitted requests that made some trailing window hold more than `limit`
+  admitted requests (what an exact limiter would never allow), as a share of admissions;
+- under-admission: how many fewer requests it admitted than the exact sliding log did on the
+  same trace (state diverges after the first difference, so this is end-to-end);
+- Redis memory per tracked key (MEMORY USAGE of the counters one window keeps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import json
+import random
+import secrets
+import tempfile
+from collections import deque
+from pathlib import Path
+
+from extauthz.devstack import Stack
+from extauthz.limits.keys import counter_keys, hash_tag
+from extauthz.limits.limiter import Limiter
+from extauthz.types import Principal, Window
+from extauthz.wiring import redis_client
+from tests.conftest import stack_settings
+
+
+def bursty_trace(seconds: float, base_rps: float, seed: int) -> list[float]:
+    """Poisson background plus bursts (a client probing, then backing off)."""
+    rng = random.Random(seed)
+    t, times = 0.0, []
+    while t < seconds:
+        burst = rng.random() < 0.02
+        rate = base_rps * (rng.uniform(8, 20) if burst else 1.0)
+        span = rng.uniform(2, 15) if burst else rng.uniform(5, 30)
+        end = min(seconds, t + span)
+        while True:
+            t += rng.expovariate(rate)
+            if t >= end:
+                t = end
+                break
+            times.append(t)
+    return times
+
+
+def exact_sliding_log(times: list[float], limit: int, window: float) -> list[bool]:
+    admitted: deque[float] = deque()
+    out = []
+    for t in times:
+        while admitted and admitted[0] <= t - window:
+            admitted.popleft()
+        ok = len(admitted) < limit
+        if ok:
+            admitted.append(t)
+        out.append(ok)
+    return out
+
+
+def over_admissions(admitted_times: list[float], limit: int, window: float) -> tuple[int, int]:
+    """(admissions after which the trailing window (t - window, t] holds more than `limit`,
+    the largest number any trailing window holds)."""
+    over = peak = 0
+    for i, t in enumerate(admitted_times):
+        first = bisect.bisect_right(admitted_times, t - window)
+        held = i - first + 1
+        peak = max(peak, held)
+        if held > limit:
+            over += 1
+    return over, peak
+
+
+async def replay(
+    stack: Stack, times: list[float], limit: int, window: int
+) -> tuple[list[bool], int]:
+    redis = redis_client(stack.settings.model_copy(update={"redis_timeout": 5.0}))
+    clock_now = [0.0]
+    limiter = Limiter(redis, timeout=5.0, clock=lambda: clock_now[0])
+    principal = Principal("acc", (), (), "t", "api_key", secrets.token_hex(6))
+    quota = (Window("w", limit, window),)
+    epoch = 1_800_000_000.0
+    decisions = []
+    for t in times:
+        clock_now[0] = epoch + t
+        decisions.append((await limiter.check(principal, quota)).allowed)
+    now_ms = int((epoch + times[-1]) * 1000)
+    memory = 0
+    for key in counter_keys(hash_tag(principal), quota[0], now_ms):
+        memory += await redis.memory_usage(key) or 0
+    await redis.aclose()
+    return decisions, memory
+
+
+def run(seconds: float, limit: int, window: int, seed: int) -> dict[str, object]:
+    times = bursty_trace(seconds, base_rps=limit / window * 0.9, seed=seed)
+    exact = exact_sliding_log(times, limit, window)
+    run_dir = Path(tempfile.mkdtemp(prefix="extauthz-acc-"))
+    stack = Stack(stack_settings(run_dir))
+    stack.up(["redis"])
+    try:
+        swc, memory = asyncio.run(replay(stack, times, limit, window))
+    finally:
+        stack.down(["redis"])
+    admitted = [t for t, ok in zip(times, swc, strict=True) if ok]
+    over, peak = over_admissions(admitted, limit, window)
+    n_exact, n_swc = sum(exact), len(admitted)
+    return {
+        "trace": {
+            "requests": len(times),
+            "seconds": seconds,
+            "limit": limit,
+            "window": window,
+            "seed": seed,
+        },
+        "exact_admitted": n_exact,
+        "counter_admitted": n_swc,
+        "over_admission_rate": round(over / max(1, n_swc), 5),
+        "over_admitted_requests": over,
+        "total_over_exact_rate": round(max(0, n_swc - n_exact) / max(1, n_exact), 5),
+        "peak_trailing_window_count": peak,
+        "under_admission_rate": round(max(0, n_exact - n_swc) / max(1, n_exact), 5),
+        "redis_bytes_per_key_window": memory,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=float, default=1800)
+    parser.add_argument("--limit", type=int, default=100)
+    parser.add_argument("--window", type=int, default=60)
+    parser.add_argument("--seed", type=int, default=7)
+    args = parser.parse_args()
+    print(json.dumps(run(args.seconds, args.limit, args.window, args.seed), indent=2))
+
+
+if __name__ == "__main__":
+    main()

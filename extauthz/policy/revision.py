@@ -1,0 +1,117 @@
+"""Which policy OPA is running: a digest of its loaded modules and its `extauthz` data tree,
+polled in the background. The decision cache is keyed on it, so an edit picked up by OPA
+(`--watch`) reaches the next decisions within one poll interval.
+
+The same poll brings the policy's fail-open table (`data.extauthz.authz.fallback`), so the
+service knows, while OPA is down, which public models the policy lets it serve."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from extauthz.clock import Clock
+from extauthz.metrics import REVISION_CHANGES
+from extauthz.policy.opa import OpaClient
+from extauthz.types import Denied, Window
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Fallback:
+    """What the policy allows while OPA cannot be asked (decided in Rego, cached here)."""
+
+    open_models: dict[str, frozenset[str]] = field(default_factory=dict)  # model → actions
+    tiers: dict[str, tuple[Window, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def from_policy(cls, doc: object) -> Fallback:
+        if not isinstance(doc, dict):
+            return cls()
+        models = {
+            str(m): frozenset(str(a) for a in actions)
+            for m, actions in (doc.get("open_models") or {}).items()
+        }
+        tiers = {
+            str(name): tuple(
+                Window(str(w["name"]), int(w["limit"]), int(w["window"])) for w in windows
+            )
+            for name, windows in (doc.get("tiers") or {}).items()
+        }
+        return cls(open_models=models, tiers=tiers)
+
+
+class RevisionWatcher:
+    def __init__(
+        self,
+        opa: OpaClient,
+        interval: float,
+        max_age: float,
+        data_root: str = "extauthz",
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._opa = opa
+        self._interval = interval
+        self._max_age = max_age
+        self._data_path = f"/v1/data/{data_root}"
+        self._clock = clock
+        self._revision: str | None = None
+        self._confirmed_at = float("-inf")
+        self._task: asyncio.Task[None] | None = None
+        self.fallback = Fallback()
+
+    def current(self) -> str | None:
+        """The revision, if confirmed within max_age; None means: do not trust the cache."""
+        if self._clock() - self._confirmed_at > self._max_age:
+            return None
+        return self._revision
+
+    async def poll_once(self) -> str | None:
+        try:
+            policies = await self._opa.get("/v1/policies")
+            data = await self._opa.get(self._data_path)
+        except Denied as exc:
+            log.debug("revision poll failed: %s", exc)
+            return None
+        try:
+            # Canonical forms only: OPA lists modules in map order (it varies under --watch),
+            # and the data response carries a per-request decision_id.
+            modules = {m["id"]: m["raw"] for m in json.loads(policies)["result"]}
+            doc = json.loads(data).get("result", {})
+            canonical = json.dumps([modules, doc], sort_keys=True, separators=(",", ":"))
+        except (ValueError, AttributeError, KeyError, TypeError):
+            log.warning("revision poll: OPA returned a malformed document")
+            return None
+        revision = hashlib.sha256(canonical.encode()).hexdigest()[:16]
+        if revision != self._revision:
+            if self._revision is not None:
+                log.info("policy revision %s -> %s", self._revision, revision)
+            REVISION_CHANGES.inc()
+            try:
+                self.fallback = Fallback.from_policy(doc.get("authz", {}).get("fallback"))
+            except (ValueError, AttributeError, KeyError, TypeError):
+                self.fallback = Fallback()
+            self._revision = revision
+        self._confirmed_at = self._clock()
+        return revision
+
+    async def _run(self) -> None:
+        while True:
+            await self.poll_once()
+            await asyncio.sleep(self._interval)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="policy-revision")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
