@@ -1,4 +1,4 @@
-"""extauthz command line: serve, keys, envoy, dev (stack up/down/status/demo)."""
+"""extauthz command line: serve, keys, devices, policy, throttle, quarantine, envoy, dev."""
 
 from __future__ import annotations
 
@@ -37,13 +37,16 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from extauthz.server import serve
+    from extauthz.server import serve, supervise
 
     settings = load_settings()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
-    asyncio.run(serve(settings))
+    workers = args.workers or settings.workers
+    if args.worker_index is None and workers > 1:
+        return supervise(settings, workers)
+    asyncio.run(serve(settings, worker=args.worker_index is not None))
     return 0
 
 
@@ -379,6 +382,128 @@ def cmd_policy_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _with_throttle(fn):  # type: ignore[no-untyped-def]
+    from extauthz.limits.throttle import ThrottleStore
+    from extauthz.wiring import redis_client
+
+    settings = load_settings()
+    redis = redis_client(settings)
+    try:
+        return await fn(ThrottleStore(redis, settings.source_prefix_v4, settings.source_prefix_v6))
+    finally:
+        await redis.aclose()
+
+
+def cmd_throttle_set(args: argparse.Namespace) -> int:
+    if (args.level is None) == (args.subject is None):
+        print("give either --level or --subject (with --multiplier)", file=sys.stderr)
+        return 2
+    if args.subject is not None and args.multiplier is None:
+        print("--subject needs --multiplier (e.g. 0.5: half its limits)", file=sys.stderr)
+        return 2
+
+    async def apply(store):  # type: ignore[no-untyped-def]
+        if args.level is not None:
+            return await store.set_threat(args.level, args.ttl, args.reason)
+        return await store.set_risk(args.subject, args.multiplier, args.ttl, args.reason)
+
+    try:
+        result = asyncio.run(_with_throttle(apply))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.level is not None:
+        print(f"threat level {result.level} until {_when(result.until)}")
+    else:
+        print(f"{args.subject}: limits x {args.multiplier} until {_when(result)}")
+    return 0
+
+
+def cmd_throttle_show(args: argparse.Namespace) -> int:
+    async def show(store):  # type: ignore[no-untyped-def]
+        return await store.threat(), await store.risks()
+
+    threat, risks = asyncio.run(_with_throttle(show))
+    if threat.level == "normal":
+        print("threat level normal")
+    else:
+        by = f", by {threat.by}" if threat.by else ""
+        print(f"threat level {threat.level} until {_when(threat.until)}{by}: {threat.reason}")
+    for r in risks:
+        print(
+            f"subject {r.get('subject', '?')}: limits x {r.get('multiplier', '?')} until "
+            f"{_when(int(r.get('until') or 0))}: {r.get('reason', '')}"
+        )
+    return 0
+
+
+def cmd_throttle_clear(args: argparse.Namespace) -> int:
+    async def clear(store):  # type: ignore[no-untyped-def]
+        if args.subject:
+            return await store.clear_risk(args.subject)
+        return await store.clear_threat()
+
+    done = asyncio.run(_with_throttle(clear))
+    what = f"risk multiplier of {args.subject}" if args.subject else "threat level"
+    print(f"{what} cleared" if done else f"no {what} was set")
+    return 0
+
+
+def _quarantine_target(args: argparse.Namespace) -> tuple[str, str]:
+    for kind in ("subject", "device", "prefix"):
+        value = getattr(args, kind)
+        if value:
+            return kind, value
+    raise AssertionError("argparse requires one")
+
+
+def cmd_quarantine_add(args: argparse.Namespace) -> int:
+    kind, target = _quarantine_target(args)
+
+    async def add(store):  # type: ignore[no-untyped-def]
+        return await store.quarantine(kind, target, args.ttl, args.cause)
+
+    try:
+        normalised = asyncio.run(_with_throttle(add))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"quarantined {kind} {normalised} until {_when(int(time.time()) + args.ttl)}")
+    return 0
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    async def list_all(store):  # type: ignore[no-untyped-def]
+        return await store.quarantines()
+
+    print(f"{'KIND':<9}{'TARGET':<46}{'BY':<6}{'UNTIL':<22}CAUSE")
+    for q in asyncio.run(_with_throttle(list_all)):
+        until = _when(int(q.get("until") or 0))
+        print(
+            f"{q.get('kind', '?'):<9}{q.get('target', '?'):<46}{q.get('by', ''):<6}{until:<22}"
+            f"{q.get('cause', '')}"
+        )
+    return 0
+
+
+def cmd_quarantine_release(args: argparse.Namespace) -> int:
+    kind, target = _quarantine_target(args)
+
+    async def release(store):  # type: ignore[no-untyped-def]
+        return await store.release(kind, target)
+
+    try:
+        released = asyncio.run(_with_throttle(release))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not released:
+        print(f"not quarantined: {kind} {target}", file=sys.stderr)
+        return 1
+    print(f"released {kind} {target} (every worker within EXTAUTHZ_OVERLIMIT_CACHE_MAX_AGE)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="extauthz", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -391,6 +516,13 @@ def build_parser() -> argparse.ArgumentParser:
         "environment variables, or a file of such lines named by EXTAUTHZ_CONFIG_FILE.",
         epilog="settings:\n" + describe_settings(),
     )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="processes sharing the port (SO_REUSEPORT); default EXTAUTHZ_WORKERS",
+    )
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=cmd_serve)
 
     keys = sub.add_parser("keys", help="manage API keys").add_subparsers(
@@ -512,6 +644,51 @@ def build_parser() -> argparse.ArgumentParser:
     drevoke.add_argument("--subject")
     drevoke.set_defaults(func=cmd_devices_revoke)
     devices.add_parser("list", help="enrolled devices").set_defaults(func=cmd_devices_list)
+
+    throttle = sub.add_parser(
+        "throttle", help="adaptive throttling: threat level, per-subject risk multipliers"
+    ).add_subparsers(dest="throttle_command", required=True)
+    tset = throttle.add_parser(
+        "set",
+        help="--level L --ttl T: scale every limit by the policy's factor for L (per model "
+        "sensitivity) until T; or --subject S --multiplier M --ttl T: S's own limits x M",
+    )
+    tset.add_argument("--level", choices=("normal", "elevated", "high", "critical"))
+    tset.add_argument("--subject")
+    tset.add_argument("--multiplier", type=float, help="e.g. 0.5: half the subject's limits")
+    tset.add_argument("--ttl", type=parse_duration, required=True, help="e.g. 30m; it reverts")
+    tset.add_argument("--reason", default="", help="recorded with it")
+    tset.set_defaults(func=cmd_throttle_set)
+    throttle.add_parser("show", help="the threat level and risk multipliers in force").set_defaults(
+        func=cmd_throttle_show
+    )
+    tclear = throttle.add_parser("clear", help="back to normal now (or a subject's multiplier)")
+    tclear.add_argument("--subject")
+    tclear.set_defaults(func=cmd_throttle_clear)
+
+    quarantine = sub.add_parser(
+        "quarantine", help="quarantine subjects, devices or source networks (answered 429)"
+    ).add_subparsers(dest="quarantine_command", required=True)
+    for name, helptext in (
+        ("add", "quarantine one subject, device (thumbprint) or source prefix"),
+        ("release", "end a quarantine now"),
+    ):
+        q = quarantine.add_parser(name, help=helptext)
+        target = q.add_mutually_exclusive_group(required=True)
+        target.add_argument("--subject")
+        target.add_argument("--device", help="a DPoP key thumbprint")
+        target.add_argument(
+            "--prefix", help="an address or prefix; the /24 (IPv6 /56) containing it"
+        )
+        if name == "add":
+            q.add_argument("--ttl", type=parse_duration, default=3600, help="default 1h")
+            q.add_argument("--cause", required=True, help="why (recorded, never sent to clients)")
+            q.set_defaults(func=cmd_quarantine_add)
+        else:
+            q.set_defaults(func=cmd_quarantine_release)
+    quarantine.add_parser("list", help="quarantines in force, with cause").set_defaults(
+        func=cmd_quarantine_list
+    )
     return parser
 
 

@@ -420,6 +420,111 @@ class Stack:
     def status(self) -> dict[str, bool]:
         return {name: self.running(name) for name in ORDER}
 
+    # ---- a local Redis Cluster (limiter tests; not part of `dev up`)
+    def cluster_up(self, ports: list[int], timeout: float = 30.0) -> str:
+        """Start one `redis-server --cluster-enabled yes` per port (3 = three masters, no
+        replicas), join them with `redis-cli --cluster create`, wait until every node reports
+        cluster_state:ok. Returns a URL of the first node; stop with cluster_down(ports)."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pids.mkdir(parents=True, exist_ok=True)
+        started: list[int] = []
+        try:
+            for port in ports:
+                self._start(self._cluster_node(port))
+                started.append(port)
+            nodes = [f"127.0.0.1:{port}" for port in ports]
+            subprocess.run(
+                [find_redis_cli(), "--cluster", "create", *nodes]
+                + ["--cluster-replicas", "0", "--cluster-yes"],
+                check=True,
+                capture_output=True,
+                timeout=timeout,
+            )
+            deadline = time.monotonic() + timeout
+            while not all(_cluster_ok(port) for port in ports):
+                if time.monotonic() > deadline:
+                    raise StackError("redis cluster: cluster_state never became ok")
+                time.sleep(0.1)
+        except (StackError, subprocess.SubprocessError) as exc:
+            self.cluster_down(started)
+            raise StackError(f"redis cluster failed to start: {exc}") from exc
+        return f"redis://127.0.0.1:{ports[0]}/0"
+
+    def cluster_down(self, ports: list[int]) -> None:
+        for port in ports:
+            self.stop(f"redis-cluster-{port}")
+
+    def _cluster_node(self, port: int) -> Component:
+        workdir = self.run_dir / f"redis-cluster-{port}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "nodes.conf").unlink(missing_ok=True)  # a fresh cluster every time
+        return Component(
+            f"redis-cluster-{port}",
+            [
+                find_redis(),
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(workdir / "nodes.conf"),
+                "--cluster-node-timeout",
+                "2000",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            lambda: _redis_ok(port),
+        )
+
+
+def find_redis_cli() -> str:
+    found = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    if not Path(found).is_file():
+        raise StackError("redis-cli not found: run `make bootstrap` (apt-get install redis-server)")
+    return found
+
+
+def _cluster_ok(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
+            sock.sendall(b"CLUSTER INFO\r\n")
+            return b"cluster_state:ok" in sock.recv(4096)
+    except OSError:
+        return False
+
+
+def cluster_ports(n: int = 3, low: int = 20000, high: int = 30000) -> list[int]:
+    """n free ports whose cluster bus ports (port + 10000) are free too."""
+    import random
+
+    ports: list[int] = []
+    while len(ports) < n:
+        port = random.randrange(low, high)  # noqa: S311 - a port, not a secret
+        if port in ports or _tcp_ok(port) or _tcp_ok(port + 10000) or not _bindable(port):
+            continue
+        if _bindable(port + 10000):
+            ports.append(port)
+    return ports
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
 
 def _alive(pid: int) -> bool:
     try:

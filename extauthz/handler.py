@@ -15,7 +15,15 @@ from extauthz.metrics import DECISION_SECONDS, DECISIONS
 from extauthz.policy.engine import PolicyEngine
 from extauthz.request import parse_check_request
 from extauthz.response import UPSTREAM_PREFIX, build_response
-from extauthz.types import Decision, Denied, PolicyDecision, Principal, Reason, Status
+from extauthz.types import (
+    Decision,
+    Denied,
+    PolicyDecision,
+    Principal,
+    Reason,
+    RequestView,
+    Status,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +52,13 @@ class CheckHandler:
         principal: Principal | None = None
         policy: PolicyDecision | None = None
         try:
-            principal = await self._authn.authenticate(view)
+            self._limiter.precheck(view)  # a source network known to be quarantined: 429 here
+            principal = await self._authenticate(view)
             policy = await self._policy.decide(view, principal)
             if not policy.allow:
                 status = _POLICY_STATUSES.get(policy.status, Status.FORBIDDEN)
                 raise Denied(status, Reason.POLICY_DENY)
-            limits = await self._limiter.check(principal, policy.quota)
+            limits = await self._limiter.check(principal, policy.quota, view, policy)
             decision = Decision(
                 status=Status.OK if limits.allowed else Status.RATE_LIMITED,
                 reason=limits.reason,
@@ -58,6 +67,7 @@ class CheckHandler:
                 policy=policy,
                 limits=limits,
                 upstream_headers=upstream_headers(principal, policy, decision_id),
+                extra={"detail": limits.detail},
             )
         except Denied as denied:
             decision = Decision(
@@ -66,6 +76,7 @@ class CheckHandler:
                 decision_id=decision_id,
                 principal=principal,
                 policy=policy,
+                limits=denied.limits,
                 extra={"detail": denied.detail},
                 denial_headers=denied.headers,
             )
@@ -78,6 +89,16 @@ class CheckHandler:
         DECISIONS.labels(str(int(decision.status)), decision.reason.value).inc()
         DECISION_SECONDS.observe(elapsed / 1e9)
         return response
+
+    async def _authenticate(self, view: RequestView) -> Principal:
+        """Stage 2; a failed attempt also counts against its source network (credential
+        stuffing), which may turn the 401 into a 429."""
+        try:
+            return await self._authn.authenticate(view)
+        except Denied as denied:
+            if denied.status is Status.UNAUTHENTICATED:
+                await self._limiter.auth_failed(view)
+            raise
 
 
 def upstream_headers(

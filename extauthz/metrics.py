@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 DECISIONS = Counter(
     "extauthz_decisions_total", "Decisions by HTTP status and reason code", ["status", "reason"]
@@ -35,6 +35,33 @@ SHADOW_DISAGREEMENTS = Counter(
     "extauthz_shadow_disagreements_total",
     "Enforced vs candidate decisions that differ, by both reasons",
     ["enforced", "candidate"],
+)
+
+# rate limiting (extauthz/limits/)
+LIMITER_SECONDS = Histogram(
+    "extauthz_limiter_redis_seconds",
+    "The limiter's Redis round trip (one Lua call; on a cluster, one per slot in parallel)",
+    buckets=(0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.1),
+)
+LIMITER_LOCAL = Counter(
+    "extauthz_limiter_local_denials_total",
+    "429s answered in-process from the over-limit cache, without Redis",
+    ["kind"],
+)  # window | quarantine
+LIMITER_FALLBACK = Counter(
+    "extauthz_limiter_fallback_total",
+    "Decisions counted by the in-process fallback limiter while Redis was down (fail_mode open)",
+    ["outcome"],
+)
+QUARANTINES = Counter(
+    "extauthz_quarantines_total",
+    "Automatic quarantines seen by this worker (subject: strikes; prefix: failed authentications)",
+    ["kind"],
+)
+THREAT_LEVEL = Gauge(
+    "extauthz_threat_level",
+    "Threat level in force: 0 normal, 1 elevated, 2 high, 3 critical",
+    multiprocess_mode="livemax",
 )
 
 

@@ -31,12 +31,18 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         return await self._handler.check(request)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, worker: bool = False) -> None:
+    """One service process. A `worker` shares the port with its siblings (SO_REUSEPORT) and
+    leaves /metrics to the supervisor, which aggregates every worker's metrics."""
     service = build_service(settings)
     await service.start()
-    serve_metrics(settings.metrics_port, settings.host)
+    if not worker:
+        serve_metrics(settings.metrics_port, settings.host)
     server = grpc.aio.server(
-        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 * 1024 * 1024)]
+        options=[
+            ("grpc.so_reuseport", 1 if worker else 0),
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+        ]
     )
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
         AuthorizationServicer(service.handler), server
@@ -59,3 +65,63 @@ async def serve(settings: Settings) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=5)
     await service.close()
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def supervise(settings: Settings, workers: int) -> int:
+    """`serve --workers N`: N service processes sharing the port (SO_REUSEPORT; the kernel
+    spreads connections across them), limits shared through Redis, metrics aggregated here
+    (prometheus_client multiprocess mode). A worker that dies takes the others down: the
+    process manager above restarts the whole service."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    metrics_dir = tempfile.mkdtemp(prefix="extauthz-metrics-")
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    argv = [sys.executable, "-m", "extauthz", "serve", "--worker-index"]
+    children = [
+        subprocess.Popen([*argv, str(i)], env=env, preexec_fn=_die_with_parent)  # noqa: S603, PLW1509
+        for i in range(workers)
+    ]
+    if settings.metrics_port:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=metrics_dir)
+        start_http_server(settings.metrics_port, addr=settings.host, registry=registry)
+    log.info("extauthz supervising %d workers on %s:%d", workers, settings.host, settings.port)
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = 0
+    try:
+        while any(child.poll() is None for child in children):
+            for child in children:
+                if child.poll() is not None and not stopping:
+                    log.error("worker %d exited with %s: stopping", child.pid, child.returncode)
+                    code = 1
+                    stop(signal.SIGTERM, None)
+            time.sleep(0.2)
+    finally:
+        for child in children:
+            multiprocess.mark_process_dead(child.pid, metrics_dir)
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return code

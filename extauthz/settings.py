@@ -158,6 +158,70 @@ class Settings(BaseSettings):
         description="Redis URL (the dev stack starts Redis on its port).",
     )
     redis_timeout: float = Field(0.1, description="Budget (s) for one Redis call; past it: 503.")
+    redis_cluster: bool = Field(
+        False,
+        description="redis_url names a node of a Redis Cluster: the limiter makes one Lua call "
+        "per slot (sent together), and the client follows the cluster's slot map.",
+    )
+
+    # --- rate limiting (extauthz/limits/)
+    workers: int = Field(
+        1,
+        description="Service processes sharing the gRPC port (SO_REUSEPORT); `serve --workers` "
+        "overrides. Limits are shared through Redis.",
+    )
+    source_prefix_v4: int = Field(
+        24, description="IPv4 prefix length of the `source_prefix` dimension and quarantine."
+    )
+    source_prefix_v6: int = Field(
+        56, description="IPv6 prefix length of the `source_prefix` dimension and quarantine."
+    )
+    trusted_hops: int = Field(
+        0,
+        description="Proxies in front of Envoy whose X-Forwarded-For entries are trusted for "
+        "the limiter's client address; 0: the peer address Envoy reports, never the header.",
+    )
+    auth_failure_limit: int = Field(
+        30,
+        description="Failed authentications per source prefix and auth_failure_window before "
+        "the prefix is quarantined (credential stuffing); 0: not counted.",
+    )
+    auth_failure_window: int = Field(
+        60, description="Seconds of the sliding window failed authentications are counted in."
+    )
+    auth_failure_quarantine: int = Field(
+        300,
+        description="Seconds a prefix stays quarantined (every request 429) after too many "
+        "failed authentications.",
+    )
+    quarantine_strikes: int = Field(
+        10,
+        description="A subject that runs into its own windows this many times (one strike per "
+        "episode: until room comes back) within quarantine_strike_period is quarantined "
+        "automatically; 0: never.",
+    )
+    quarantine_strike_period: int = Field(
+        600, description="Seconds within which strikes count towards automatic quarantine."
+    )
+    quarantine_ttl: int = Field(900, description="Seconds an automatic subject quarantine lasts.")
+    overlimit_cache_size: int = Field(
+        100_000,
+        description="Keys a worker remembers as over limit or quarantined, answering 429 "
+        "without Redis (LRU); 0 disables the local cache.",
+    )
+    overlimit_cache_max_age: float = Field(
+        2.0,
+        description="Longest a worker trusts its own over-limit entry before asking Redis "
+        "again: a quarantine release or a raised limit reaches every worker within it.",
+    )
+    threat_poll_interval: float = Field(
+        1.0, description="Seconds between each worker's reads of the threat level."
+    )
+    threat_factors: str = Field(
+        "elevated=0.5,high=0.25,critical=0.1",
+        description="Limit factors per threat level when the policy gives none "
+        "(quota_context.throttle).",
+    )
 
     # --- request handling
     max_body_bytes: int = Field(

@@ -59,6 +59,7 @@ class Reason(enum.StrEnum):
     BAD_REQUEST = "bad_request"
     # limits (429)
     RATE_LIMITED = "rate_limited"
+    QUARANTINED = "quarantined"  # the subject, device or source prefix is quarantined
     # dependencies (503)
     OPA_UNAVAILABLE = "opa_unavailable"
     OPA_BAD_RESPONSE = "opa_bad_response"
@@ -130,13 +131,19 @@ class Principal:
     rate_key: str = ""  # rate-limit identity when not credential_id (e.g. a JWT's subject)
 
 
+# What a quota window can count per (rego/README.md, "Quota windows").
+DIMENSIONS = ("credential", "subject", "device", "source_prefix", "project", "model")
+
+
 @dataclass(frozen=True, slots=True)
 class Window:
-    """One sliding-window quota: at most `limit` requests per `window` seconds."""
+    """One sliding-window quota: at most `limit` requests per `window` seconds, counted per
+    value of the `key` dimensions (e.g. ("subject", "model"): each subject on each model)."""
 
     name: str
     limit: int
     window: int
+    key: tuple[str, ...] = ("credential",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +157,10 @@ class PolicyDecision:
     response: tuple[tuple[str, object], ...] = ()  # shaping hints for the response path
     source: str = "opa"  # opa | cache | fail_open
     revision: str = ""  # the policy revision it was decided under, when known
+    # quota_context: what the limiter needs beyond the windows
+    project: str = ""  # the model's project (the `project` dimension)
+    fail_mode: str = "closed"  # open: an in-process limiter stands in while Redis is down
+    throttle: tuple[tuple[str, float], ...] = ()  # threat level -> limit factor, this model
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +178,7 @@ class LimitResult:
     reason: Reason
     windows: tuple[WindowState, ...] = ()
     retry_after: int = 0
+    detail: str = ""  # for the decision log: which window or block denied, "local", "fallback"
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +210,11 @@ class Denied(Exception):  # noqa: N818 - it is a result, not an error
         reason: Reason,
         detail: str = "",
         headers: tuple[tuple[str, str], ...] = (),
+        limits: LimitResult | None = None,
     ) -> None:
         super().__init__(f"{status.value} {reason.value} {detail}".strip())
         self.status = status
         self.reason = reason
         self.detail = detail
         self.headers = headers  # response headers the denial must carry (RFC-defined only)
+        self.limits = limits  # a 429's Retry-After and RateLimit state

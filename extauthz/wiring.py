@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -21,7 +22,8 @@ from extauthz.authn.jwt import JwksSource, JwtVerifier, TokenRules
 from extauthz.authn.mtls import CertificateVerifier, IdentityMap, MtlsAuthenticator, load_ca_bundle
 from extauthz.decisionlog import DecisionLog
 from extauthz.handler import CheckHandler
-from extauthz.limits.limiter import Limiter
+from extauthz.limits.limiter import Limiter, LimiterConfig
+from extauthz.limits.throttle import ThreatWatcher
 from extauthz.policy.cache import DecisionCache
 from extauthz.policy.engine import PolicyEngine
 from extauthz.policy.opa import OpaClient
@@ -45,6 +47,14 @@ def key_pepper(settings: Settings) -> bytes:
 
 def redis_client(settings: Settings) -> aioredis.Redis:
     # No client-side retries: the decision has one budget, and failing closed beats waiting.
+    if settings.redis_cluster:
+        return RedisCluster.from_url(  # type: ignore[return-value]
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout,
+            socket_connect_timeout=settings.redis_timeout,
+            retry=Retry(NoBackoff(), 0),
+            max_connections=64,
+        )
     return aioredis.Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout,
@@ -116,14 +126,17 @@ class Service:
     watcher: RevisionWatcher
     shadow: Shadow | None
     decision_log: DecisionLog
+    limiter: Limiter
 
     async def start(self) -> None:
         self.decision_log.start()
         await self.opa.start()
         await self.watcher.poll_once()  # a cold cache and fallback table are ready at once
         self.watcher.start()
+        await self.limiter.start()  # the threat level, polled off the request path
 
     async def close(self) -> None:
+        await self.limiter.close()
         await self.watcher.stop()
         if self.shadow is not None:
             await self.shadow.drain()
@@ -154,12 +167,18 @@ def build_service(settings: Settings) -> Service:
         )
     policy = PolicyEngine(opa, watcher, DecisionCache(settings.decision_cache_size), shadow)
     decision_log = DecisionLog(settings.decision_log)
+    limiter = Limiter(
+        redis,
+        settings.redis_timeout,
+        config=LimiterConfig.from_settings(settings),
+        threat=ThreatWatcher(redis, settings.threat_poll_interval),
+    )
     handler = CheckHandler(
         Authenticator(
             api_keys, token_authenticator(settings, redis, pepper), mtls_authenticator(settings)
         ),
         policy,
-        Limiter(redis, settings.redis_timeout),
+        limiter,
         decision_log,
         settings.max_body_bytes,
     )
@@ -170,4 +189,5 @@ def build_service(settings: Settings) -> Service:
         watcher=watcher,
         shadow=shadow,
         decision_log=decision_log,
+        limiter=limiter,
     )

@@ -47,6 +47,9 @@ def stack_settings(run_dir: Path) -> Settings:
         model_grpc_port=model_grpc,
         port=svc,
         key_pepper_file=run_dir / "key-pepper",
+        # the whole suite's 401s come from 127.0.0.1; tests/e2e/test_limits.py stuffs from
+        # another network up to this limit
+        auth_failure_limit=200,
     )
 
 

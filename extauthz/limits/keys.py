@@ -1,36 +1,162 @@
-"""The Redis key schema of rate-limit counters: `ea:{<hash tag>}:rl:<window>:<length>:<bucket>`.
+"""The Redis key schema of the limiter: `ea:{<hash tag>}:<kind>:...`.
 
-Every key one Lua call touches shares the hash tag of the identity it limits, so the call
-works on Redis Cluster.
+Keys that one Lua call must read together share a hash tag, so a call works on Redis Cluster:
+
+- `{sub:<h>}`   a subject's own windows (`credential`, `subject`, and combinations with them),
+                its risk multiplier, strike counter and quarantine, its devices and DPoP jtis
+- `{key:<id>}`  an API key's record (the revocation check)
+- `{pfx:<net>}` a source prefix's windows, failed-authentication counter and quarantine
+- `{dev:<h>}`   a device's windows and quarantine
+- `{proj:<h>}`, `{model:<name>}`  project- and model-wide windows
+
+On a single Redis all of a decision's keys go into one call whatever their tags; on a cluster
+the limiter makes one call per slot (limiter.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import ipaddress
+from functools import lru_cache
 
 from extauthz.types import Principal, Window
 
-# The tag prefix per credential kind; an API key's counters share the slot of its record
-# (`ea:{key:<id>}:key`), so the revocation check rides in the same call.
+# Sub-buckets per window: a window of W seconds is counted in 20 buckets of W/20 (limiter.py,
+# "Algorithm"). Every worker must agree on it, so it is a constant, not a setting.
+SUB_BUCKETS = 20
+
+# Windows keyed by these are the subject's own: scaled by its risk multiplier and counted as
+# its strikes towards automatic quarantine.
+OWN_DIMENSIONS = frozenset({"credential", "subject"})
+
+# The tag prefix per credential kind; an API key's record lives at `ea:{key:<id>}:key`.
 _TAG_PREFIX = {"api_key": "key"}
+_SHORT = {
+    "credential": "c",
+    "subject": "s",
+    "device": "d",
+    "source_prefix": "n",
+    "project": "p",
+    "model": "m",
+}
+
+
+@lru_cache(maxsize=65536)
+def _h(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def subject_tag(subject: str) -> str:
-    """The hash tag of everything keyed by a token subject: its counters, its device records
-    and its DPoP proof jtis, so one Lua call covers them all. Hashed: a subject may hold '}'."""
-    return "sub:" + hashlib.sha256(subject.encode()).hexdigest()[:16]
+    """The hash tag of everything keyed by a subject: its counters, its device records and its
+    DPoP proof jtis, so one Lua call covers them all. Hashed: a subject may hold '}'."""
+    return "sub:" + _h(subject)
 
 
 def hash_tag(principal: Principal) -> str:
+    """The identity of a credential: `key:<id>` for an API key, `sub:<h>` for tokens (quota per
+    subject, not per token), `mtls:<id>` for a service identity."""
     if principal.rate_key:
         return principal.rate_key
     prefix = _TAG_PREFIX.get(principal.credential, principal.credential.replace("+", "_"))
     return f"{prefix}:{principal.credential_id}"
 
 
-def counter_keys(tag: str, window: Window, now_ms: int) -> tuple[str, str]:
-    """(current bucket, previous bucket) counter keys of one window."""
-    length_ms = window.window * 1000
-    bucket = now_ms // length_ms
-    base = f"ea:{{{tag}}}:rl:{window.name}:{window.window}"
-    return f"{base}:{bucket}", f"{base}:{bucket - 1}"
+@lru_cache(maxsize=65536)
+def source_prefix(address: str, v4_bits: int = 24, v6_bits: int = 56) -> str:
+    """The network a client address belongs to for limiting: its IPv4 /24 or IPv6 /56 by
+    default (an IPv4-mapped IPv6 address counts as IPv4); "unknown" for anything else."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return "unknown"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    bits = v4_bits if ip.version == 4 else v6_bits
+    return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
+
+
+def client_address(peer: str, forwarded_for: str, trusted_hops: int) -> str:
+    """The client's address: the peer Envoy reports, or with `trusted_hops` proxies in front
+    of Envoy, the X-Forwarded-For entry those proxies vouch for (Envoy appends the peer, so
+    the client is the entry trusted_hops + 1 from the right). Too short a header: the peer."""
+    if trusted_hops <= 0 or not forwarded_for:
+        return peer
+    entries = [e.strip() for e in forwarded_for.split(",")]
+    if len(entries) < trusted_hops + 1:
+        return peer
+    return entries[-(trusted_hops + 1)] or peer
+
+
+def prefix_tag(prefix: str) -> str:
+    return f"pfx:{prefix}"
+
+
+def device_tag(thumbprint: str) -> str:
+    return "dev:" + _h(thumbprint)
+
+
+def quarantine_key(tag: str) -> str:
+    """The quarantine flag of a subject, device or prefix: a hash {kind, target, cause, by,
+    set_at, until} that expires with the quarantine."""
+    return f"ea:{{{tag}}}:quarantine"
+
+
+def risk_key(subject: str) -> str:
+    """A subject's risk multiplier (a float; limits of its own windows are multiplied by it)."""
+    return f"ea:{{{subject_tag(subject)}}}:risk"
+
+
+def strike_key(subject: str) -> str:
+    """How often the subject ran over its own limits in the current strike period."""
+    return f"ea:{{{subject_tag(subject)}}}:strikes"
+
+
+def auth_failure_key(prefix: str, window: int) -> str:
+    """Failed authentications from one source prefix: a sub-bucketed counter like a window's."""
+    return f"ea:{{{prefix_tag(prefix)}}}:af:{window}"
+
+
+THREAT_KEY = "ea:threat"  # the operator-set threat level: a hash {level, reason, by, until}
+
+
+def window_tag(dims: dict[str, str], key: tuple[str, ...]) -> str:
+    """The hash tag a window's counter lives under: the subject's for its own windows, else the
+    device's, the prefix's, the project's or the model's (the first of `key` in that order)."""
+    if OWN_DIMENSIONS.intersection(key):
+        return dims["subject_tag"]
+    if "device" in key:
+        return "dev:" + dims["device"]
+    if "source_prefix" in key:
+        return prefix_tag(dims["source_prefix"])
+    if "project" in key:
+        return "proj:" + dims["project"]
+    return "model:" + dims["model"]
+
+
+def counter_key(dims: dict[str, str], window: Window) -> str | None:
+    """The counter of one window for this request, or None when the request has no value for
+    one of its dimensions (a `device` window and no DPoP proof: the window does not apply)."""
+    parts = []
+    for name in window.key:
+        value = dims.get(name, "")
+        if not value:
+            return None
+        parts.append(f"{_SHORT[name]}={value}")
+    tag = window_tag(dims, window.key)
+    return f"ea:{{{tag}}}:rl:{window.name}:{window.window}:{','.join(parts)}"
+
+
+def dimension_values(
+    principal: Principal, source: str, model: str = "", project: str = ""
+) -> dict[str, str]:
+    """Each dimension's value for one request (values that go into key names are short and
+    free of '{' and '}')."""
+    return {
+        "credential": hash_tag(principal),
+        "subject": subject_tag(principal.subject),
+        "subject_tag": subject_tag(principal.subject),
+        "device": principal.device.thumbprint and _h(principal.device.thumbprint),
+        "source_prefix": source,
+        "project": project and _h(project),
+        "model": model,
+    }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 from extauthz.metrics import FAIL_OPEN
 from extauthz.policy.cache import DecisionCache
@@ -44,14 +45,9 @@ class PolicyEngine:
         if self._shadow is not None:
             self._shadow.submit(revision, key, policy_input, decision)
         source = "cache" if how in ("hit", "shared") else "opa"
-        return PolicyDecision(
-            allow=decision.allow,
-            status=decision.status,
-            reason=decision.reason,
-            quota=decision.quota,
-            headers=decision.headers,
+        return replace(
+            decision,
             decision_id=decision.decision_id if source == "opa" else "",
-            response=decision.response,
             source=source,
             revision=revision or "",
         )
@@ -66,5 +62,10 @@ class PolicyEngine:
             return None
         FAIL_OPEN.inc()
         return PolicyDecision(
-            allow=True, status=200, reason="fail_open", quota=quota, source="fail_open"
+            allow=True,
+            status=200,
+            reason="fail_open",
+            quota=quota,
+            source="fail_open",
+            fail_mode="open",  # the fallback table lists only fail_mode: open models
         )

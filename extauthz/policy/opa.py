@@ -9,7 +9,41 @@ from typing import Any
 import aiohttp
 
 from extauthz.metrics import OPA_ERRORS, OPA_SECONDS
-from extauthz.types import Denied, PolicyDecision, Reason, Status, Window
+from extauthz.types import DIMENSIONS, Denied, PolicyDecision, Reason, Status, Window
+
+
+def parse_window(w: dict[str, Any]) -> Window:
+    """One quota window of a decision (or of the fail-open table); ValueError if malformed.
+    `key`: the dimensions it counts per, default ["credential"] (rego/README.md)."""
+    key = w.get("key", ["credential"])
+    if not isinstance(key, list) or not key or len(set(key)) != len(key):
+        raise ValueError("quota window key must be a non-empty list of distinct dimensions")
+    if any(k not in DIMENSIONS for k in key):
+        raise ValueError(f"quota window key: dimensions are {', '.join(DIMENSIONS)}")
+    window = Window(
+        name=str(w["name"]), limit=int(w["limit"]), window=int(w["window"]), key=tuple(key)
+    )
+    if window.limit < 0 or window.window <= 0:
+        raise ValueError("bad quota window")
+    return window
+
+
+def parse_context(context: Any) -> dict[str, Any]:
+    """`quota_context`: the model's project, its Redis fail mode, its threat-level factors."""
+    if not isinstance(context, dict):
+        raise TypeError("quota_context is not an object")
+    throttle = context.get("throttle") or {}
+    if not isinstance(throttle, dict):
+        raise TypeError("quota_context.throttle is not an object")
+    factors = tuple(sorted((str(k), float(v)) for k, v in throttle.items()))
+    if any(not 0 < f <= 1 for _, f in factors):
+        raise ValueError("throttle factors are in (0, 1]")
+    fail_mode = str(context.get("fail_mode") or "closed")
+    return {
+        "project": str(context.get("project") or ""),
+        "fail_mode": "open" if fail_mode == "open" else "closed",
+        "throttle": factors,
+    }
 
 
 def parse_decision(body: dict[str, Any]) -> PolicyDecision:
@@ -21,12 +55,8 @@ def parse_decision(body: dict[str, Any]) -> PolicyDecision:
         allow = result["allow"]
         if not isinstance(allow, bool):
             raise TypeError("allow is not a boolean")
-        quota = tuple(
-            Window(name=str(w["name"]), limit=int(w["limit"]), window=int(w["window"]))
-            for w in result.get("quota") or ()
-        )
-        if any(w.limit < 0 or w.window <= 0 for w in quota):
-            raise ValueError("bad quota window")
+        quota = tuple(parse_window(w) for w in result.get("quota") or ())
+        context = parse_context(result.get("quota_context") or {})
         headers = tuple((str(k).lower(), str(v)) for k, v in (result.get("headers") or {}).items())
         status = int(result.get("status") or (200 if allow else 403))
         response = result.get("response") or {}
@@ -40,6 +70,7 @@ def parse_decision(body: dict[str, Any]) -> PolicyDecision:
             headers=headers,
             decision_id=str(body.get("decision_id") or ""),
             response=tuple(sorted(response.items())),
+            **context,
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise Denied(Status.UNAVAILABLE, Reason.OPA_BAD_RESPONSE, str(exc)) from exc

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from extauthz.clock import Clock
 from extauthz.metrics import REVISION_CHANGES
-from extauthz.policy.opa import OpaClient
+from extauthz.policy.opa import OpaClient, parse_window
 from extauthz.types import Denied, Window
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,7 @@ class Fallback:
             for m, actions in (doc.get("open_models") or {}).items()
         }
         tiers = {
-            str(name): tuple(
-                Window(str(w["name"]), int(w["limit"]), int(w["window"])) for w in windows
-            )
+            str(name): tuple(parse_window(w) for w in windows)
             for name, windows in (doc.get("tiers") or {}).items()
         }
         return cls(open_models=models, tiers=tiers)

@@ -6,7 +6,8 @@
 # Data (loaded from the JSON files next to this file):
 #   data.extauthz.catalog      model name -> {project, sensitivity, owner, actions, ...}
 #   data.extauthz.roles        role -> action -> highest sensitivity the role may use it at
-#   data.extauthz.tiers        tier -> list of quota windows {name, limit, window}
+#   data.extauthz.tiers        tier -> list of quota windows {name, limit, window, key}
+#   data.extauthz.throttle     threat level -> sensitivity -> limit factor
 #   data.extauthz.sensitivity  sensitivity label -> rank (public 0 .. restricted 3)
 #   data.extauthz.assurance    sensitivity -> credentials + least device trust (assurance.rego)
 package extauthz.authz
@@ -54,6 +55,28 @@ quota := tiers[input.principal.tier]
 
 known_tier if is_array(quota)
 
+# What the limiter needs beyond the windows: the model's project (the `project` dimension of a
+# window's key), whether an in-process limiter may stand in while Redis is down (only public
+# models whose catalog entry says fail_mode "open", as for OPA outages), and the factor each
+# threat level multiplies limits by at the model's sensitivity.
+default throttle := {}
+
+throttle := data.extauthz.throttle
+
+quota_context := {
+	"project": object.get(model, "project", ""),
+	"fail_mode": redis_fail_mode,
+	"throttle": {level: factor |
+		some level, factors in throttle
+		factor := factors[model.sensitivity]
+	},
+}
+
+redis_fail_mode := "open" if {
+	model.sensitivity == "public"
+	model.fail_mode == "open"
+} else := "closed"
+
 # --- outcome ------------------------------------------------------------------
 
 # Exactly one reason for every input: the first failing check wins.
@@ -88,6 +111,7 @@ decision := {
 	"status": 200,
 	"reason": reason,
 	"quota": quota,
+	"quota_context": quota_context,
 	"headers": {"x-extauthz-tier": input.principal.tier},
 	"response": object.get(model, "response", {}),
 } if {
@@ -99,6 +123,7 @@ decision := {
 	"status": 403,
 	"reason": reason,
 	"quota": [],
+	"quota_context": {},
 	"headers": {},
 	"response": {},
 } if {

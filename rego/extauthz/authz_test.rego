@@ -221,10 +221,15 @@ non_model_route := {
 # ---------------------------------------------------------------------------
 
 quota_of := {
-	"trial": [{"name": "minute", "limit": 5, "window": 60}],
+	"trial": [
+		{"name": "minute", "limit": 5, "window": 60, "key": ["credential"]},
+		{"name": "trial_network_minute", "limit": 30, "window": 60, "key": ["source_prefix"]},
+	],
 	"standard": [
-		{"name": "second", "limit": 50, "window": 1},
-		{"name": "minute", "limit": 1000, "window": 60},
+		{"name": "second", "limit": 50, "window": 1, "key": ["credential"]},
+		{"name": "minute", "limit": 1000, "window": 60, "key": ["credential"]},
+		{"name": "day", "limit": 20000, "window": 86400, "key": ["credential"]},
+		{"name": "network_minute", "limit": 3000, "window": 60, "key": ["source_prefix"]},
 	],
 	"bench": [{"name": "minute", "limit": 10000000, "window": 60}],
 }
@@ -249,14 +254,19 @@ denied(reason) := {
 	"response": {},
 }
 
-# On mismatch, print both sides so the failing row is easy to diagnose.
-same(got, want) if got == want
+# On mismatch, print both sides so the failing row is easy to diagnose. The quota_context
+# (model project, fail mode, throttle factors) is compared only where a test expects one.
+same(got, want) if trim(got, want) == want
 
 same(got, want) := false if {
-	got != want
+	trim(got, want) != want
 	print("got: ", got)
 	print("want:", want)
 }
+
+trim(got, want) := object.remove(got, ["quota_context"]) if {
+	not want.quota_context
+} else := got
 
 # ---------------------------------------------------------------------------
 # Robustness: whatever the input, exactly one well-formed decision.
@@ -306,16 +316,20 @@ test_every_decision_is_well_formed if {
 }
 
 well_formed(d) if {
-	object.keys(d) == {"allow", "status", "reason", "quota", "headers", "response"}
+	object.keys(d) == {"allow", "status", "reason", "quota", "quota_context", "headers", "response"}
 	d.allow == true
 	d.status == 200
 	d.reason == "ok"
 	count(d.quota) > 0
 	object.keys(d.headers) == {"x-extauthz-tier"}
+	object.keys(d.quota_context) == {"project", "fail_mode", "throttle"}
+	is_string(d.quota_context.project)
+	d.quota_context.fail_mode in {"open", "closed"}
 }
 
 well_formed(d) if {
-	object.keys(d) == {"allow", "status", "reason", "quota", "headers", "response"}
+	object.keys(d) == {"allow", "status", "reason", "quota", "quota_context", "headers", "response"}
+	d.quota_context == {}
 	d.allow == false
 	d.status == 403
 	d.reason in {
@@ -385,6 +399,89 @@ test_tier_windows_are_positive if {
 			w.window > 0
 		}
 	}
+}
+
+# A window's key lists distinct dimensions the service knows (extauthz/types.py DIMENSIONS);
+# an absent key means ["credential"]. Names are unique within a tier (they name the
+# RateLimit header entries).
+test_tier_window_keys_are_known_dimensions if {
+	dimensions := {"credential", "subject", "device", "source_prefix", "project", "model"}
+	every _, windows in data.extauthz.tiers {
+		count({w.name | some w in windows}) == count(windows)
+		every w in windows {
+			key := object.get(w, "key", ["credential"])
+			count(key) > 0
+			count({k | some k in key}) == count(key)
+			every k in key {
+				k in dimensions
+			}
+		}
+	}
+}
+
+test_throttle_factors_cover_every_level_and_sensitivity if {
+	object.keys(data.extauthz.throttle) == {"elevated", "high", "critical"}
+	every _, factors in data.extauthz.throttle {
+		object.keys(factors) == object.keys(data.extauthz.sensitivity)
+		every _, f in factors {
+			f > 0
+			f <= 1
+		}
+	}
+}
+
+# Stricter levels never loosen: each level's factor is at most the one below it.
+test_throttle_levels_only_tighten if {
+	t := data.extauthz.throttle
+	every label, _ in data.extauthz.sensitivity {
+		t.high[label] <= t.elevated[label]
+		t.critical[label] <= t.high[label]
+	}
+}
+
+# ---------------------------------------------------------------------------
+# quota_context: what the limiter needs beyond the windows
+# ---------------------------------------------------------------------------
+
+test_quota_context_of_an_internal_model if {
+	d := authz.decision with input as {"request": infer("digits"), "principal": alice}
+	d.quota_context == {
+		"project": "vision",
+		"fail_mode": "closed",
+		"throttle": {"elevated": 0.5, "high": 0.25, "critical": 0.1},
+	}
+}
+
+test_quota_context_of_a_public_fail_open_model if {
+	d := authz.decision with input as {"request": infer("iris"), "principal": alice}
+	d.quota_context.project == "demo"
+	d.quota_context.fail_mode == "open"
+}
+
+test_quota_context_of_a_restricted_model_throttles_harder if {
+	d := authz.decision with input as caller_input(with_dpop(bob, "managed"), infer("diabetes"))
+	d.allow
+	d.quota_context.fail_mode == "closed"
+	d.quota_context.throttle == {"elevated": 0.25, "high": 0.1, "critical": 0.02}
+}
+
+test_quota_context_fail_open_needs_public if {
+	catalog := {"open-internal": {"project": "vision", "sensitivity": "internal", "owner": "t", "actions": ["infer"], "max_batch": 8, "fail_mode": "open"}}
+	d := authz.decision with input as {"request": infer("open-internal"), "principal": ada}
+		with data.extauthz.catalog as catalog
+	d.allow
+	d.quota_context.fail_mode == "closed"
+}
+
+test_quota_context_without_throttle_data if {
+	d := authz.decision with input as {"request": infer("digits"), "principal": alice}
+		with data.extauthz.throttle as {}
+	d.quota_context.throttle == {}
+}
+
+test_quota_of_a_tier_carries_window_keys if {
+	d := authz.decision with input as {"request": infer("digits"), "principal": alice}
+	[w.key | some w in d.quota] == [["credential"], ["credential"], ["credential"], ["source_prefix"]]
 }
 
 test_sensitivity_order if {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 import httpx
@@ -74,8 +75,17 @@ def test_alice_gets_a_real_prediction_from_digits(gateway: httpx.Client, make_ke
     assert resp.status_code == 200, resp.text
     outputs = resp.json()["outputs"]
     assert outputs[0]["data"] == [0]  # DIGITS is load_digits()[0], a zero
-    assert resp.headers["ratelimit-policy"] == '"second";q=50;w=1, "minute";q=1000;w=60'
-    assert resp.headers["ratelimit"].startswith('"second";r=49;t=1, "minute";r=999;')
+    # every window of the standard tier: per key (burst, sustained, daily) and per /24
+    assert resp.headers["ratelimit-policy"] == (
+        '"second";q=50;w=1, "minute";q=1000;w=60, "day";q=20000;w=86400, '
+        '"network_minute";q=3000;w=60'
+    )
+    state = resp.headers["ratelimit"]
+    assert re.fullmatch(
+        r'"second";r=49;t=[12], "minute";r=999;t=\d+, "day";r=19999;t=\d+, '
+        r'"network_minute";r=\d+;t=\d+',
+        state,
+    ), state
 
 
 def test_alice_is_forbidden_from_cancer(

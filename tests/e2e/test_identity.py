@@ -426,7 +426,7 @@ def test_a_revoked_device_is_401_on_the_next_request(
     token = issuer.mint("bob", ("clinician",), ("clinical",), dpop_jkt=key.thumbprint())
     headers = lambda: dpop(stack, token, key, DIABETES_PATH)  # noqa: E731 - a fresh proof each
     assert gateway.post(DIABETES_PATH, json=DIABETES, headers=headers()).status_code == 200
-    assert "revoked" in cli(stack, "devices", "revoke", key.thumbprint()).stdout
+    assert "revoked" in cli(stack, "devices", "revoke", "--", key.thumbprint()).stdout
     resp = gateway.post(DIABETES_PATH, json=DIABETES, headers=headers())  # record still cached
     assert_denied(resp, stack, "device_revoked", DPOP_INVALID)
 

@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import redis.asyncio as aioredis
 
-from extauthz.devstack import Stack
+from extauthz.devstack import Stack, cluster_ports
 from extauthz.wiring import redis_client
 
 
@@ -14,6 +14,15 @@ async def redis(stack: Stack) -> AsyncIterator[aioredis.Redis]:
     client = redis_client(stack.settings.model_copy(update={"redis_timeout": 2.0}))
     yield client
     await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def cluster_url(stack: Stack) -> Iterator[str]:
+    """A real 3-master Redis Cluster (no replicas) on free ports, for the limiter tests."""
+    ports = cluster_ports(3)
+    url = stack.cluster_up(ports)
+    yield url
+    stack.cluster_down(ports)
 
 
 class Clock:

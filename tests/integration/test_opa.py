@@ -45,7 +45,18 @@ async def opa(stack: Stack):  # type: ignore[no-untyped-def]
 async def test_alice_may_use_digits_with_her_tier_quota(opa: OpaClient) -> None:
     d = await opa.decide(policy_input("alice", ["analyst"], ["vision"], "digits", tier="trial"))
     assert d.allow and d.reason == "ok"
-    assert d.quota == (Window("minute", 5, 60),)
+    assert d.quota == (
+        Window("minute", 5, 60, ("credential",)),
+        Window("trial_network_minute", 30, 60, ("source_prefix",)),
+    )
+    # what the limiter needs beyond the windows, decided by the policy too
+    assert d.project == "vision" and d.fail_mode == "closed"
+    assert dict(d.throttle) == {"elevated": 0.5, "high": 0.25, "critical": 0.1}
+
+
+async def test_a_public_fail_open_model_may_use_the_fallback_limiter(opa: OpaClient) -> None:
+    d = await opa.decide(policy_input("alice", ["analyst"], ["vision"], "iris"))
+    assert d.allow and d.fail_mode == "open" and d.project == "demo"
 
 
 async def test_alice_may_not_use_cancer(opa: OpaClient) -> None:

@@ -51,11 +51,30 @@ class FakePolicy:
 
 
 class FakeLimiter:
-    def __init__(self, result: LimitResult | Exception) -> None:
+    def __init__(
+        self,
+        result: LimitResult | Exception,
+        blocked: Denied | None = None,
+        on_auth_failure: Denied | None = None,
+    ) -> None:
         self.result = result
+        self.blocked = blocked
+        self.on_auth_failure = on_auth_failure
         self.calls = 0
+        self.auth_failures = 0
 
-    async def check(self, principal: Principal, quota: tuple[Window, ...]) -> LimitResult:
+    def precheck(self, view: RequestView) -> None:
+        if self.blocked is not None:
+            raise self.blocked
+
+    async def auth_failed(self, view: RequestView) -> None:
+        self.auth_failures += 1
+        if self.on_auth_failure is not None:
+            raise self.on_auth_failure
+
+    async def check(
+        self, principal: Principal, quota: tuple[Window, ...], view: Any = None, policy: Any = None
+    ) -> LimitResult:
         self.calls += 1
         if isinstance(self.result, Exception):
             raise self.result
@@ -145,3 +164,63 @@ async def test_denials(authn, policy, limiter, status, reason, limiter_calls) ->
     decision = log.records[0][1]
     assert decision.reason is reason
     assert resp.denied_response.body.encode() == BODIES[Status(status)]  # nothing more
+
+
+QUARANTINED = LimitResult(False, Reason.QUARANTINED, (), 300, "quarantine prefix")
+
+
+def _headers(resp: Any) -> dict[str, str]:
+    return {o.header.key: o.header.value for o in resp.denied_response.headers}
+
+
+async def test_a_failed_authentication_is_counted_once_and_stays_401() -> None:
+    lim = FakeLimiter(ADMIT)
+    h, _ = handler(authn=FakeAuthn(Denied(Status.UNAUTHENTICATED, Reason.UNKNOWN_KEY)), limiter=lim)
+    resp = await h.check(check_request(headers={"x-api-key": "eak_x"}))
+    assert resp.denied_response.status.code == 401
+    assert lim.auth_failures == 1 and lim.calls == 0
+
+
+async def test_other_denials_are_not_counted_as_failed_authentications() -> None:
+    lim = FakeLimiter(ADMIT)
+    h, _ = handler(
+        authn=FakeAuthn(Denied(Status.UNAVAILABLE, Reason.REDIS_UNAVAILABLE)), limiter=lim
+    )
+    await h.check(check_request(headers={"x-api-key": "eak_x"}))
+    assert lim.auth_failures == 0
+
+
+async def test_the_failure_that_quarantines_a_prefix_is_a_429_with_retry_after() -> None:
+    quarantine = Denied(Status.RATE_LIMITED, Reason.QUARANTINED, "prefix", limits=QUARANTINED)
+    lim = FakeLimiter(ADMIT, on_auth_failure=quarantine)
+    h, log = handler(
+        authn=FakeAuthn(Denied(Status.UNAUTHENTICATED, Reason.UNKNOWN_KEY)), limiter=lim
+    )
+    resp = await h.check(check_request(headers={"x-api-key": "eak_x"}))
+    assert resp.denied_response.status.code == 429
+    assert resp.denied_response.body.encode() == BODIES[Status.RATE_LIMITED]
+    assert _headers(resp)["retry-after"] == "300"
+    assert "www-authenticate" not in _headers(resp)
+    assert log.records[0][1].reason is Reason.QUARANTINED
+
+
+async def test_a_quarantined_source_is_refused_before_authentication() -> None:
+    blocked = Denied(Status.RATE_LIMITED, Reason.QUARANTINED, "prefix", limits=QUARANTINED)
+    authn = FakeAuthn(AssertionError("must not authenticate"))
+    lim = FakeLimiter(ADMIT, blocked=blocked)
+    h, _ = handler(authn=authn, limiter=lim)
+    resp = await h.check(check_request(headers={"x-api-key": "eak_x"}))
+    assert resp.denied_response.status.code == 429
+    assert _headers(resp)["retry-after"] == "300"
+    assert lim.calls == 0 and lim.auth_failures == 0
+
+
+async def test_a_quarantined_subject_is_a_generic_429() -> None:
+    h, log = handler(limiter=FakeLimiter(QUARANTINED))
+    resp = await h.check(check_request(headers={"x-api-key": "eak_x"}))
+    assert resp.denied_response.status.code == 429
+    assert resp.denied_response.body.encode() == BODIES[Status.RATE_LIMITED]
+    assert _headers(resp)["retry-after"] == "300"
+    decision = log.records[0][1]
+    assert decision.reason is Reason.QUARANTINED
+    assert decision.extra["detail"] == "quarantine prefix"

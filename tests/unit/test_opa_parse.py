@@ -44,3 +44,54 @@ def test_malformed_decisions_fail_closed(body: dict) -> None:
         parse_decision(body)
     assert info.value.status is Status.UNAVAILABLE
     assert info.value.reason is Reason.OPA_BAD_RESPONSE
+
+
+def test_quota_windows_carry_their_key_dimensions_and_context() -> None:
+    d = parse_decision(
+        {
+            "result": {
+                "allow": True,
+                "quota": [
+                    {"name": "minute", "limit": 5, "window": 60},
+                    {"name": "net", "limit": 30, "window": 60, "key": ["source_prefix"]},
+                    {"name": "sm", "limit": 9, "window": 3600, "key": ["subject", "model"]},
+                ],
+                "quota_context": {
+                    "project": "vision",
+                    "fail_mode": "open",
+                    "throttle": {"elevated": 0.5, "critical": 0.1},
+                },
+            }
+        }
+    )
+    assert [w.key for w in d.quota] == [
+        ("credential",),
+        ("source_prefix",),
+        ("subject", "model"),
+    ]
+    assert d.project == "vision" and d.fail_mode == "open"
+    assert d.throttle == (("critical", 0.1), ("elevated", 0.5))
+
+
+def test_no_quota_context_means_fail_closed_and_no_factors() -> None:
+    d = parse_decision({"result": {"allow": True, "quota": []}})
+    assert d.fail_mode == "closed" and d.throttle == () and d.project == ""
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"quota": [{"name": "m", "limit": 5, "window": 60, "key": []}]},
+        {"quota": [{"name": "m", "limit": 5, "window": 60, "key": ["ip"]}]},
+        {"quota": [{"name": "m", "limit": 5, "window": 60, "key": ["model", "model"]}]},
+        {"quota": [{"name": "m", "limit": 5, "window": 60, "key": "credential"}]},
+        {"quota_context": "vision"},
+        {"quota_context": {"throttle": {"elevated": 2}}},
+        {"quota_context": {"throttle": {"elevated": 0}}},
+        {"quota_context": {"throttle": ["elevated"]}},
+    ],
+)
+def test_a_malformed_quota_fails_closed(extra: dict) -> None:
+    with pytest.raises(Denied) as info:
+        parse_decision({"result": {"allow": True, **extra}})
+    assert info.value.status is Status.UNAVAILABLE
