@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OPA := $(shell command -v opa 2>/dev/null || echo bin/opa)
 
-.PHONY: bootstrap up down status demo test test-unit test-integration test-e2e rego-test lint fmt clean
+.PHONY: bootstrap up down status demo test test-unit rego-test lint fmt clean bench bench-tools bench-gate
 
 bootstrap:  ## install what this machine lacks (venvs, redis-server, opa)
 	@bash scripts/bootstrap.sh
@@ -23,9 +23,21 @@ demo: bootstrap  ## start the stack and show allowed and denied requests through
 
 rego-test: bootstrap  ## opa check --strict, opa fmt, opa test (coverage >= 95 %)
 	@$(VENV)/bin/extauthz policy test --min-coverage 95
+	@$(OPA) test bench/peers/policy rego/ | tail -n 1
 
-test: bootstrap rego-test lint  ## everything: Rego tests, lint, unit, integration, e2e (real stack)
+test: bootstrap rego-test lint  ## everything: Rego tests, lint, unit, integration, e2e (real stack), bench gate
+	@bash scripts/install_bench_tools.sh --minimal
 	@$(PY) -m pytest -q -p no:cacheprovider tests
+
+bench-tools:  ## h2load, envoyproxy/ratelimit and the OPA peer (into ./bin) for the benchmarks
+	@bash scripts/install_bench_tools.sh
+
+bench: bootstrap bench-tools  ## micro + end-to-end benchmarks -> bench/results/<date>/report.md
+	@$(PY) -m bench.run
+
+bench-gate: bootstrap  ## the short CI benchmark gate alone (ratios vs bench/baseline.json)
+	@bash scripts/install_bench_tools.sh --minimal
+	@$(PY) -m bench.gate
 
 test-unit: bootstrap
 	@$(PY) -m pytest -q tests/unit

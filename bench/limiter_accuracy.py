@@ -1,9 +1,14 @@
-"""How exact is the sliding-window counter? Replays a bursty trace through the real Lua script
-(real Redis, injected clock) and compares with an exact sliding log computed offline.
+"""How exact is the limiter? Replays a bursty trace through the real Lua script (real Redis,
+injected clock) and compares with an exact sliding log computed offline.
 
     .venv/bin/python -m bench.limiter_accuracy [--seconds 1800] [--limit 100] [--window 60]
+    .venv/bin/python -m bench.limiter_accuracy --compare     # several traces, old vs new
 
-Reports, for the counter:
+The limiter counts each window in `SUB_BUCKETS` sub-buckets, every one overlapping the trailing
+window in full (extauthz/limits/limiter.py, "Algorithm"). `--compare` also simulates offline the
+previous algorithm (two buckets, the previous one weighted by its overlap).
+
+Reports, for the limiter:
 - over-admission: admitted requests that made some trailing window hold more than `limit`
   admitted requests (what an exact limiter would never allow), as a share of admissions;
 - under-admission: how many fewer requests it admitted than the exact sliding log did on the
@@ -24,8 +29,8 @@ from collections import deque
 from pathlib import Path
 
 from extauthz.devstack import Stack
-from extauthz.limits.keys import counter_keys, hash_tag
-from extauthz.limits.limiter import Limiter
+from extauthz.limits.keys import counter_key, dimension_values
+from extauthz.limits.limiter import Limiter, LimiterConfig
 from extauthz.types import Principal, Window
 from extauthz.wiring import redis_client
 from tests.conftest import stack_settings
@@ -80,20 +85,80 @@ async def replay(
 ) -> tuple[list[bool], int]:
     redis = redis_client(stack.settings.model_copy(update={"redis_timeout": 5.0}))
     clock_now = [0.0]
-    limiter = Limiter(redis, timeout=5.0, clock=lambda: clock_now[0])
-    principal = Principal("acc", (), (), "t", "api_key", secrets.token_hex(6))
+    # no local over-limit cache: every request goes through the script
+    config = LimiterConfig(local_cache_size=0, strikes=0)
+    limiter = Limiter(redis, timeout=5.0, clock=lambda: clock_now[0], config=config)
+    principal = Principal(
+        f"acc-{secrets.token_hex(4)}", (), (), "t", "api_key", secrets.token_hex(6)
+    )
     quota = (Window("w", limit, window),)
     epoch = 1_800_000_000.0
     decisions = []
     for t in times:
         clock_now[0] = epoch + t
         decisions.append((await limiter.check(principal, quota)).allowed)
-    now_ms = int((epoch + times[-1]) * 1000)
-    memory = 0
-    for key in counter_keys(hash_tag(principal), quota[0], now_ms):
-        memory += await redis.memory_usage(key) or 0
+    key = counter_key(dimension_values(principal, ""), quota[0])
+    memory = await redis.memory_usage(key) or 0
     await redis.aclose()
     return decisions, memory
+
+
+def two_bucket_counter(times: list[float], limit: int, window: float) -> list[bool]:
+    """The previous algorithm, offline: previous bucket weighted by its overlap + current."""
+    counts: dict[int, int] = {}
+    out = []
+    for t in times:
+        cur = int(t // window)
+        weight = (window - (t % window)) / window
+        ok = counts.get(cur - 1, 0) * weight + counts.get(cur, 0) + 1 <= limit
+        if ok:
+            counts[cur] = counts.get(cur, 0) + 1
+        out.append(ok)
+    return out
+
+
+def score(times: list[float], decisions: list[bool], exact: list[bool], limit: int, window: int):
+    admitted = [t for t, ok in zip(times, decisions, strict=True) if ok]
+    over, peak = over_admissions(admitted, limit, window)
+    n_exact, n = sum(exact), len(admitted)
+    return {
+        "admitted": n,
+        "over_admission_rate": round(over / max(1, n), 5),
+        "total_vs_exact": round((n - n_exact) / max(1, n_exact), 5),
+        "peak_trailing_window_count": peak,
+    }
+
+
+def compare(seconds: float) -> list[dict[str, object]]:
+    """Several traces and limits through the real script, against the exact log and the
+    previous algorithm."""
+    run_dir = Path(tempfile.mkdtemp(prefix="extauthz-acc-"))
+    stack = Stack(stack_settings(run_dir))
+    stack.up(["redis"])
+    rows = []
+    try:
+        for limit, window in ((100, 60), (10, 1), (1000, 60)):
+            for seed in (7, 11, 23):
+                span = seconds if window >= 60 else min(seconds, 300)
+                times = bursty_trace(span, base_rps=limit / window * 0.9, seed=seed)
+                exact = exact_sliding_log(times, limit, window)
+                new, memory = asyncio.run(replay(stack, times, limit, window))
+                old = two_bucket_counter(times, limit, window)
+                rows.append(
+                    {
+                        "limit": limit,
+                        "window": window,
+                        "seed": seed,
+                        "requests": len(times),
+                        "exact_admitted": sum(exact),
+                        "sub_buckets": score(times, new, exact, limit, window),
+                        "two_buckets_before": score(times, old, exact, limit, window),
+                        "redis_bytes_per_key_window": memory,
+                    }
+                )
+    finally:
+        stack.down(["redis"])
+    return rows
 
 
 def run(seconds: float, limit: int, window: int, seed: int) -> dict[str, object]:
@@ -134,7 +199,11 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--window", type=int, default=60)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--compare", action="store_true", help="several traces, old vs new")
     args = parser.parse_args()
+    if args.compare:
+        print(json.dumps(compare(args.seconds), indent=1))
+        return
     print(json.dumps(run(args.seconds, args.limit, args.window, args.seed), indent=2))
 
 

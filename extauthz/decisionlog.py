@@ -36,6 +36,9 @@ class DecisionLog:
 
     def stop(self) -> None:
         self._listener.stop()
+        for handler in self._listener.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()
 
     def record(self, view: RequestView, decision: Decision, duration_ns: int) -> None:
         self._logger.info(
