@@ -41,7 +41,10 @@ def _mapper(code: int, body: str, op: str = "EQ", **extra: Any) -> dict[str, Any
             }
         },
         **extra,
-        "body_format_override": {"text_format": body, "content_type": "application/json"},
+        "body_format_override": {
+            "text_format_source": {"inline_string": body},
+            "content_type": "application/json",
+        },
     }
 
 
@@ -60,7 +63,7 @@ def _local_reply_config() -> dict[str, Any]:
                     }
                 },
                 "body_format_override": {
-                    "text_format": '{"error":"unavailable"}',
+                    "text_format_source": {"inline_string": '{"error":"unavailable"}'},
                     "content_type": "application/json",
                 },
             },
