@@ -12,11 +12,9 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ from pathlib import Path
 import redis
 
 from extauthz.authn.apikeys import key_record_name
-from extauthz.devstack import ROOT, Stack, find_envoy
+from extauthz.devstack import ROOT, Stack, find_envoy, free_ports, http_ok, tcp_ok
 from extauthz.settings import Settings
 
 BIN = ROOT / "bin"
@@ -33,18 +31,6 @@ PEER_POLICY = BENCH_DIR / "peers" / "policy"
 RATELIMIT_DOMAIN = "extauthz-bench"
 # Everything the benchmark sends: an infer call on the cheap `digits` model.
 DIGITS_PATH = "/v2/models/digits/infer"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def bench_settings(run_dir: Path, **overrides: object) -> Settings:
@@ -62,22 +48,6 @@ def bench_settings(run_dir: Path, **overrides: object) -> Settings:
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]
-
-
-def tcp_ok(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def http_ok(url: str, expect: bytes | None = None) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200 and (expect is None or expect in resp.read())
-    except OSError:
-        return False
 
 
 def grpc_serving(port: int) -> bool:

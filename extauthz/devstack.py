@@ -45,7 +45,20 @@ class Component:
     start_timeout: float = 60.0
 
 
-def _tcp_ok(port: int) -> bool:
+def free_ports(n: int) -> list[int]:
+    """n distinct ports free on 127.0.0.1 right now (for stacks beside a running one)."""
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def tcp_ok(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
@@ -53,7 +66,7 @@ def _tcp_ok(port: int) -> bool:
         return False
 
 
-def _http_ok(url: str, expect: bytes | None = None) -> bool:
+def http_ok(url: str, expect: bytes | None = None) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:
             body = resp.read()
@@ -290,12 +303,12 @@ class Stack:
                     "*.schema.json",
                     str(self.policy_dir),
                 ],
-                lambda: _http_ok(f"http://127.0.0.1:{s.opa_port}/health"),
+                lambda: http_ok(f"http://127.0.0.1:{s.opa_port}/health"),
             ),
             "model": Component(
                 "model",
                 [str(self.model_venv / "bin" / "mlserver"), "start", str(self.run_dir / "models")],
-                lambda: _http_ok(f"http://127.0.0.1:{s.model_port}/v2/health/ready"),
+                lambda: http_ok(f"http://127.0.0.1:{s.model_port}/v2/health/ready"),
                 env=mlserver_env,
                 start_timeout=120.0,
             ),
@@ -320,7 +333,7 @@ class Stack:
                     "--concurrency",
                     "2",
                 ],
-                lambda: _http_ok(f"http://127.0.0.1:{s.envoy_admin_port}/ready", b"LIVE"),
+                lambda: http_ok(f"http://127.0.0.1:{s.envoy_admin_port}/ready", b"LIVE"),
             ),
         }
 
@@ -510,7 +523,7 @@ def cluster_ports(n: int = 3, low: int = 20000, high: int = 30000) -> list[int]:
     ports: list[int] = []
     while len(ports) < n:
         port = random.randrange(low, high)  # noqa: S311 - a port, not a secret
-        if port in ports or _tcp_ok(port) or _tcp_ok(port + 10000) or not _bindable(port):
+        if port in ports or tcp_ok(port) or tcp_ok(port + 10000) or not _bindable(port):
             continue
         if _bindable(port + 10000):
             ports.append(port)

@@ -4,26 +4,13 @@ so they can run beside a `make up` stack."""
 from __future__ import annotations
 
 import shutil
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from extauthz.devstack import ROOT, Stack
+from extauthz.devstack import ROOT, Stack, free_ports
 from extauthz.settings import Settings
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def stack_settings(run_dir: Path) -> Settings:

@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from extauthz.limits.keys import (
     subject_tag,
 )
 from extauthz.metrics import THREAT_LEVEL
+from extauthz.periodic import Periodic
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ class Threat:
     until: int = 0  # epoch s; 0 when normal
 
 
-class ThreatWatcher:
+class ThreatWatcher(Periodic):
+    _task_name = "threat-level"
+
     """The current threat level, polled from Redis every `interval` seconds (never on the
     request path). Redis unreachable: the last level read stays until its own `until`."""
 
@@ -61,7 +63,6 @@ class ThreatWatcher:
         self._interval = interval
         self._clock = clock
         self._threat = Threat()
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def level(self) -> str:
@@ -84,22 +85,6 @@ class ThreatWatcher:
         self._threat = threat
         THREAT_LEVEL.set(LEVELS.index(threat.level))
         return threat
-
-    async def _run(self) -> None:
-        while True:
-            await self.poll_once()
-            await asyncio.sleep(self._interval)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="threat-level")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
 
 
 def parse_threat(fields: dict[str, str]) -> Threat:

@@ -7,7 +7,6 @@ service knows, while OPA is down, which public models the policy lets it serve."
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -16,6 +15,7 @@ from dataclasses import dataclass, field
 
 from extauthz.clock import Clock
 from extauthz.metrics import REVISION_CHANGES
+from extauthz.periodic import Periodic
 from extauthz.policy.opa import OpaClient, parse_window
 from extauthz.types import Denied, Window
 
@@ -44,7 +44,9 @@ class Fallback:
         return cls(open_models=models, tiers=tiers)
 
 
-class RevisionWatcher:
+class RevisionWatcher(Periodic):
+    _task_name = "policy-revision"
+
     def __init__(
         self,
         opa: OpaClient,
@@ -60,7 +62,6 @@ class RevisionWatcher:
         self._clock = clock
         self._revision: str | None = None
         self._confirmed_at = float("-inf")
-        self._task: asyncio.Task[None] | None = None
         self.fallback = Fallback()
 
     def current(self) -> str | None:
@@ -97,19 +98,3 @@ class RevisionWatcher:
             self._revision = revision
         self._confirmed_at = self._clock()
         return revision
-
-    async def _run(self) -> None:
-        while True:
-            await self.poll_once()
-            await asyncio.sleep(self._interval)
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="policy-revision")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
