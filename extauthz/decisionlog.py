@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import logging.handlers
+import os
 import queue
 import sys
 import time
@@ -61,6 +62,10 @@ def decision_record(view: RequestView, decision: Decision, duration_ns: int) -> 
         "subject": principal.subject if principal else None,
         "credential": principal.credential if principal else None,
         "credential_id": principal.credential_id if principal else None,
+        "device_trust": principal.device.trust
+        if principal and principal.device.thumbprint
+        else None,
+        "device": (principal.device.thumbprint or None) if principal else None,
         "method": view.method,
         "path": view.path,
         "model": view.route.name or None,
@@ -71,4 +76,5 @@ def decision_record(view: RequestView, decision: Decision, duration_ns: int) -> 
         else None,
         "detail": decision.extra.get("detail") or None,
         "duration_us": duration_ns // 1000,
+        "worker": os.getpid(),  # with `serve --workers N`, which process decided
     }

@@ -174,7 +174,9 @@ class KeyStore:
     async def _put(self, record: KeyRecord) -> None:
         key_id = record.key_id
         name = key_record_name(key_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
+        # Two slots on Redis Cluster (the record shares its key's hash tag; the listing index is
+        # global), so no MULTI: the record first, then the index that `keys list` reads.
+        async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(name, mapping=record.to_redis())
             pipe.sadd("ea:keys", key_id)
             await pipe.execute()

@@ -224,3 +224,25 @@ async def test_a_quarantined_subject_is_a_generic_429() -> None:
     decision = log.records[0][1]
     assert decision.reason is Reason.QUARANTINED
     assert decision.extra["detail"] == "quarantine prefix"
+
+
+def test_decision_log_names_the_device_and_worker_never_the_credential() -> None:
+    import os
+
+    from extauthz.decisionlog import decision_record
+    from extauthz.request import parse_check_request
+    from extauthz.types import Decision, Device
+
+    device = Device(thumbprint="tp-123", trust="managed")
+    bob = Principal(
+        "bob", ("clinician",), ("clinical",), "standard", "jwt+dpop", "abc", device=device
+    )
+    view = parse_check_request(check_request(headers={"authorization": "DPoP secret-token"}), 1024)
+    record = decision_record(view, Decision(Status.OK, Reason.OK, "d1", principal=bob), 1500)
+    assert record["device"] == "tp-123" and record["device_trust"] == "managed"
+    assert record["worker"] == os.getpid()
+    assert "secret-token" not in str(record)
+    anonymous = decision_record(
+        view, Decision(Status.UNAUTHENTICATED, Reason.NO_CREDENTIAL, "d2"), 1
+    )
+    assert anonymous["device"] is None and anonymous["device_trust"] is None
