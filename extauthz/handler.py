@@ -87,6 +87,7 @@ class CheckHandler:
         elapsed = time.perf_counter_ns() - started
         self._log.record(view, decision, elapsed)
         DECISIONS.labels(str(int(decision.status)), decision.reason.value).inc()
+        self._limiter.observe(int(decision.status))  # feeds the automatic threat level
         DECISION_SECONDS.observe(elapsed / 1e9)
         return response
 

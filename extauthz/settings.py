@@ -217,6 +217,23 @@ class Settings(BaseSettings):
     threat_poll_interval: float = Field(
         1.0, description="Seconds between each worker's reads of the threat level."
     )
+    auto_threat_ratio: float = Field(
+        0.5,
+        description="Raise the threat level automatically when at least this share of a "
+        "worker's decisions in auto_threat_window were denials (401/403/429); 0 turns it off.",
+    )
+    auto_threat_min_decisions: int = Field(
+        200, description="Decisions a worker must see in a window before its denial share counts."
+    )
+    auto_threat_window: float = Field(
+        10.0, description="Seconds over which a worker measures its denial share."
+    )
+    auto_threat_level: str = Field(
+        "elevated", description="The level an automatic raise sets (never lowers a higher one)."
+    )
+    auto_threat_ttl: int = Field(
+        600, description="Seconds an automatically raised level lasts before it reverts."
+    )
     threat_factors: str = Field(
         "elevated=0.5,high=0.25,critical=0.1",
         description="Limit factors per threat level when the policy gives none "

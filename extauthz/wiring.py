@@ -23,7 +23,7 @@ from extauthz.authn.mtls import CertificateVerifier, IdentityMap, MtlsAuthentica
 from extauthz.decisionlog import DecisionLog
 from extauthz.handler import CheckHandler
 from extauthz.limits.limiter import Limiter, LimiterConfig
-from extauthz.limits.throttle import ThreatWatcher
+from extauthz.limits.throttle import AutoThreat, DenialRate, ThreatWatcher, ThrottleStore
 from extauthz.policy.cache import DecisionCache
 from extauthz.policy.engine import PolicyEngine
 from extauthz.policy.opa import OpaClient
@@ -145,6 +145,18 @@ class Service:
         self.decision_log.stop()
 
 
+def auto_threat(settings: Settings, redis: aioredis.Redis) -> AutoThreat | None:
+    if settings.auto_threat_ratio <= 0:
+        return None
+    return AutoThreat(
+        rate=DenialRate(settings.auto_threat_window, settings.auto_threat_min_decisions),
+        store=ThrottleStore(redis, settings.source_prefix_v4, settings.source_prefix_v6),
+        ratio=settings.auto_threat_ratio,
+        level=settings.auto_threat_level,
+        ttl=settings.auto_threat_ttl,
+    )
+
+
 def build_service(settings: Settings) -> Service:
     redis = redis_client(settings)
     pepper = key_pepper(settings)
@@ -171,7 +183,9 @@ def build_service(settings: Settings) -> Service:
         redis,
         settings.redis_timeout,
         config=LimiterConfig.from_settings(settings),
-        threat=ThreatWatcher(redis, settings.threat_poll_interval),
+        threat=ThreatWatcher(
+            redis, settings.threat_poll_interval, auto=auto_threat(settings, redis)
+        ),
     )
     handler = CheckHandler(
         Authenticator(

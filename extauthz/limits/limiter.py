@@ -167,6 +167,10 @@ class Limiter:
         self.fallback = MemoryWindows(self._config.fallback_size)
         self.threat = threat or ThreatWatcher(redis, clock=clock)
 
+    def observe(self, status: int) -> None:
+        """One decision's outcome, for the denial-rate signal (two integer additions)."""
+        self.threat.record(status)
+
     async def start(self) -> None:
         await self.threat.poll_once()
         self.threat.start()

@@ -52,17 +52,71 @@ class Threat:
     until: int = 0  # epoch s; 0 when normal
 
 
+class DenialRate:
+    """This worker's share of denied decisions (401/403/429) over a window: the signal that
+    raises the threat level automatically. Counting costs two integer additions a decision;
+    it is read only by the threat watcher, off the request path."""
+
+    def __init__(self, window: float, min_decisions: int, clock: Clock = system_clock) -> None:
+        self._window = window
+        self._min = min_decisions
+        self._clock = clock
+        self._started = clock()
+        self.total = 0
+        self.denied = 0
+
+    def record(self, status: int) -> None:
+        self.total += 1
+        if status in (401, 403, 429):
+            self.denied += 1
+
+    def take(self) -> tuple[float, int] | None:
+        """(denied share, decisions) once a window has passed with enough decisions; resets."""
+        now = self._clock()
+        if now - self._started < self._window:
+            return None
+        total, denied = self.total, self.denied
+        self._started, self.total, self.denied = now, 0, 0
+        if total < self._min:
+            return None
+        return denied / total, total
+
+
+@dataclass(frozen=True, slots=True)
+class AutoThreat:
+    """Raise the threat level to `level` for `ttl` seconds when at least `ratio` of a worker's
+    decisions in a window were denials (a flood of probing or stuffing). Never lowers a level."""
+
+    rate: DenialRate
+    store: ThrottleStore
+    ratio: float
+    level: str
+    ttl: int
+
+
 class ThreatWatcher(Periodic):
+    """The current threat level, polled from Redis every `interval` seconds (never on the
+    request path). Redis unreachable: the last level read stays until its own `until`.
+    With `auto`, the same poll raises the level when this worker's denial rate is high."""
+
     _task_name = "threat-level"
 
-    """The current threat level, polled from Redis every `interval` seconds (never on the
-    request path). Redis unreachable: the last level read stays until its own `until`."""
-
-    def __init__(self, redis: Any, interval: float = 1.0, clock: Clock = system_clock) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        interval: float = 1.0,
+        clock: Clock = system_clock,
+        auto: AutoThreat | None = None,
+    ) -> None:
         self._redis = redis
         self._interval = interval
         self._clock = clock
         self._threat = Threat()
+        self.auto = auto
+
+    def record(self, status: int) -> None:
+        if self.auto is not None:
+            self.auto.rate.record(status)
 
     @property
     def level(self) -> str:
@@ -84,7 +138,25 @@ class ThreatWatcher(Periodic):
             )
         self._threat = threat
         THREAT_LEVEL.set(LEVELS.index(threat.level))
-        return threat
+        if self.auto is not None:
+            await self._raise_if_flooded(self.auto)
+        return self._threat
+
+    async def _raise_if_flooded(self, auto: AutoThreat) -> None:
+        taken = auto.rate.take()
+        if taken is None:
+            return
+        share, total = taken
+        if share < auto.ratio or LEVELS.index(self.level) >= LEVELS.index(auto.level):
+            return
+        reason = f"{share:.0%} of {total} decisions denied"
+        try:
+            self._threat = await auto.store.set_threat(auto.level, auto.ttl, reason, by="auto")
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not raise the threat level: %s", exc)
+            return
+        THREAT_LEVEL.set(LEVELS.index(auto.level))
+        log.warning("threat level raised to %s automatically: %s", auto.level, reason)
 
 
 def parse_threat(fields: dict[str, str]) -> Threat:

@@ -62,6 +62,10 @@ class FakeLimiter:
         self.on_auth_failure = on_auth_failure
         self.calls = 0
         self.auth_failures = 0
+        self.observed: list[int] = []
+
+    def observe(self, status: int) -> None:
+        self.observed.append(status)
 
     def precheck(self, view: RequestView) -> None:
         if self.blocked is not None:
