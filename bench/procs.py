@@ -22,7 +22,15 @@ from pathlib import Path
 import redis
 
 from extauthz.authn.apikeys import key_record_name
-from extauthz.devstack import ROOT, Stack, find_envoy, free_ports, http_ok, tcp_ok
+from extauthz.devstack import (
+    ROOT,
+    Stack,
+    find_envoy,
+    free_ports,
+    grpc_health_ok,
+    http_ok,
+    tcp_ok,
+)
 from extauthz.settings import Settings
 
 BIN = ROOT / "bin"
@@ -48,20 +56,6 @@ def bench_settings(run_dir: Path, **overrides: object) -> Settings:
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]
-
-
-def grpc_serving(port: int) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            resp = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=1
-            )
-            return resp.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.RpcError:
-        return False
 
 
 @dataclass
@@ -229,7 +223,7 @@ class BenchStack:
         return Proc(
             "extauthz",
             [sys.executable, "-m", "bench.slowdown", str(self.extauthz_delay_us)],
-            lambda: grpc_serving(self.settings.port),
+            lambda: grpc_health_ok(self.settings.port),
             env=self.stack.service_env(),
         )
 
@@ -237,7 +231,7 @@ class BenchStack:
         argv = [sys.executable, "-m", "bench.trivial_authz", "--port", str(self.trivial_port)]
         if self.trivial_delay_us:
             argv += ["--delay-us", str(self.trivial_delay_us)]
-        return Proc("trivial_authz", argv, lambda: grpc_serving(self.trivial_port))
+        return Proc("trivial_authz", argv, lambda: grpc_health_ok(self.trivial_port))
 
     def _peer_authz(self) -> Proc:
         roots = [str(PEER_POLICY), str(self.stack.policy_dir), str(self.run_dir / "peer-data")]

@@ -84,7 +84,7 @@ def _redis_ok(port: int) -> bool:
         return False
 
 
-def _grpc_health_ok(port: int) -> bool:
+def grpc_health_ok(port: int) -> bool:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -315,7 +315,7 @@ class Stack:
             "extauthz": Component(
                 "extauthz",
                 [sys.executable, "-m", "extauthz", "serve"],
-                lambda: _grpc_health_ok(s.port),
+                lambda: grpc_health_ok(s.port),
                 env=self.service_env(),
             ),
             "envoy": Component(
