@@ -7,53 +7,33 @@ inputs mean equal decisions under one policy revision: that is what the decision
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from extauthz.types import Principal, RequestView
+from extauthz.v2body import BodyError, V2Body, read_body
 
 SCHEMA_VERSION = 1
-_NO_BODY: dict[str, Any] = {
-    "valid": True,
-    "batch_size": 0,
-    "inputs": 0,
-    "outputs": [],
-    "parameters": [],
-}
-_BAD_BODY: dict[str, Any] = {**_NO_BODY, "valid": False}
+_NO_BODY = V2Body(valid=True, reason=BodyError.OK)  # metadata and ready carry no body
 
 
 def body_facts(view: RequestView) -> dict[str, Any]:
-    """What a V2 inference body asks for: batch size, requested outputs, parameter names.
+    """What a V2 inference body asks for, as the model server will run it (extauthz/v2body.py).
 
-    Only `infer` requests carry a body the policy reads; anything that is not a well-formed
-    V2 request body gives `valid: false` (and the policy decides what that means)."""
-    if view.route.action != "infer":
-        return _NO_BODY
-    try:
-        doc = json.loads(view.body)
-        inputs = doc["inputs"]
-        if not isinstance(doc, dict) or not isinstance(inputs, list) or not inputs:
-            return _BAD_BODY
-        batch = 0
-        for tensor in inputs:
-            shape = tensor["shape"]
-            if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-                return _BAD_BODY
-            batch = max(batch, shape[0] if shape else 1)
-        outputs = doc.get("outputs") or []
-        names = sorted({str(o["name"]) for o in outputs})
-        parameters = doc.get("parameters") or {}
-        if not isinstance(parameters, dict):
-            return _BAD_BODY
-    except (ValueError, TypeError, KeyError, IndexError):  # JSONDecodeError is a ValueError
-        return _BAD_BODY
+    Only `infer` requests carry a body the policy reads; a body the gateway cannot read
+    unambiguously gives `valid: false` with its `reason` (and the policy decides what that
+    means). Names only, never values: the input stays small and cacheable."""
+    facts = read_body(view.body) if view.route.action == "infer" else _NO_BODY
     return {
-        "valid": True,
-        "batch_size": batch,
-        "inputs": len(inputs),
-        "outputs": names,
-        "parameters": sorted(parameters),
+        "valid": facts.valid,
+        "reason": str(facts.reason),
+        "content_type": facts.content_type,
+        "batch_size": facts.rows,
+        "features": facts.features,
+        "inputs": len(facts.inputs),
+        "datatypes": list(facts.datatypes),
+        "outputs": list(facts.outputs),
+        "parameters": list(facts.parameters),
+        "output_parameters": list(facts.output_parameters),
     }
 
 

@@ -91,6 +91,18 @@ who_may_do_what := {
 	"olga sends any parameter to echo": [olga, infer_with("echo", {"parameters": ["content_type"]}), denied("parameter_not_allowed")],
 	"olga infers echo in a batch of 2": [olga, infer_with("echo", {"batch_size": 2}), denied("batch_too_large")],
 	"metadata requests carry no body facts to gate": [alice, metadata("digits"), allowed("standard")],
+	# the canonical rows (issue 11): pandas rows, private parameters, shape/data mismatch, depth
+	"alice sends digits 65 pandas rows": [alice, infer_with("digits", {"content_type": "pd", "batch_size": 65, "features": 1, "parameters": ["content_type"]}), denied("batch_too_large")],
+	"alice sends digits 64 pandas rows": [alice, infer_with("digits", {"content_type": "pd", "batch_size": 64, "features": 1, "parameters": ["content_type"]}), allowed("standard")],
+	"alice sends a _decoded_payload": [alice, infer_with("digits", invalid_body("private_parameter")), denied("malformed_body")],
+	"alice sends a shape that disagrees with its data": [alice, infer_with("digits", invalid_body("shape_mismatch")), denied("malformed_body")],
+	"alice sends 50,000 nested brackets": [alice, infer_with("digits", invalid_body("too_deep")), denied("malformed_body")],
+	"alice sends a batch size that is not a number": [alice, infer_with("digits", {"batch_size": "1"}), denied("batch_too_large")],
+	"alice asks for an output with an unlisted parameter": [alice, infer_with("digits", {"output_parameters": ["classification"]}), denied("parameter_not_allowed")],
+	"alice asks for an output with content_type": [alice, infer_with("digits", {"output_parameters": ["content_type"]}), allowed("standard")],
+	"olga asks echo for an output with content_type": [olga, infer_with("echo", {"output_parameters": ["content_type"]}), denied("parameter_not_allowed")],
+	"alice sends output_parameters that are not a list": [alice, infer_with("digits", {"output_parameters": "content_type"}), denied("parameter_not_allowed")],
+	"bob sends cancer a malformed body and a big batch": [bob, infer_with("cancer", object.union(invalid_body("bad_data"), {"batch_size": 99})), denied("malformed_body")],
 	# precedence among the risky checks: malformed > batch > scores > parameters
 	"alice sends a big batch asking for an unlisted parameter": [alice, infer_with("digits", {"batch_size": 99, "parameters": ["explain"]}), denied("batch_too_large")],
 	"carol (analyst on clinical) asks cancer for a big batch": [carol, infer_with("cancer", {"batch_size": 99}), denied("role_not_permitted")],
@@ -191,10 +203,20 @@ request(method, model, action) := {
 	"body": body_of(action),
 }
 
-# Body facts as the service builds them (extauthz/policy/input.py: body_facts).
-body_of("infer") := {"valid": true, "batch_size": 1, "inputs": 1, "outputs": [], "parameters": []}
+# Body facts as the service builds them (extauthz/policy/input.py: body_facts, read by
+# extauthz/v2body.py): the digits request of tests/e2e/payloads.py.
+body_of("infer") := {
+	"valid": true, "reason": "ok", "content_type": "", "batch_size": 1, "features": 64,
+	"inputs": 1, "datatypes": ["FP64"], "outputs": [], "parameters": [], "output_parameters": [],
+}
 
-body_of(action) := {"valid": true, "batch_size": 0, "inputs": 0, "outputs": [], "parameters": []} if action != "infer"
+body_of(action) := {
+	"valid": true, "reason": "ok", "content_type": "", "batch_size": 0, "features": 0,
+	"inputs": 0, "datatypes": [], "outputs": [], "parameters": [], "output_parameters": [],
+} if action != "infer"
+
+# What the service sends for a body it cannot read unambiguously (v2body.BodyError codes).
+invalid_body(reason) := object.union(body_of("infer"), {"valid": false, "reason": reason, "batch_size": 0, "features": 0, "inputs": 0, "datatypes": []})
 
 # An infer request of `model` whose body facts are patched with `facts`.
 infer_with(model, facts) := object.union(infer(model), {"body": object.union(body_of("infer"), facts)})

@@ -5,15 +5,21 @@ package extauthz.authz
 
 body := object.get(input.request, "body", {})
 
-# Only infer requests carry a body the policy reads; it must be a well-formed V2 request.
+# Only infer requests carry a body the policy reads. The service reads it once, the way the
+# model server will (extauthz/v2body.py); a body it cannot read unambiguously has
+# valid false (body.reason says why: private parameter, shape/data mismatch, too deep, ...).
 body_ok if input.request.action != "infer"
 
 body_ok if body.valid == true
 
-# Large batches make extraction cheap: each model caps its batch size.
+# Large batches make extraction cheap: each model caps its batch size. batch_size is the
+# number of rows the server will run (pandas: each input's length; otherwise shape[0]).
 batch_ok if input.request.action != "infer"
 
-batch_ok if body.batch_size <= model.max_batch
+batch_ok if {
+	is_number(body.batch_size)
+	body.batch_size <= model.max_batch
+}
 
 # Raw scores (e.g. predict_proba) leak far more than labels. A role may request them only up
 # to the sensitivity it is granted "scores" at.
@@ -30,10 +36,11 @@ scores_ok if {
 	sensitivity[max_label] >= model_rank
 }
 
-# Inference parameters the model's owner has not listed are refused.
+# Inference parameters the model's owner has not listed are refused, at every level: the
+# request's and each input's (parameters), and each requested output's (output_parameters).
 parameters_ok if {
 	allowed := object.get(model, "parameters", [])
-	every name in object.get(body, "parameters", []) {
+	every name in array.concat(object.get(body, "parameters", []), object.get(body, "output_parameters", [])) {
 		name in allowed
 	}
 }

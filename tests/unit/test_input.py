@@ -15,29 +15,84 @@ def facts(body: object, path: str = "/v2/models/digits/infer", method: str = "PO
     return body_facts(parse_check_request(check_request(method, path, body=raw), 1 << 20))
 
 
-def tensor(shape: list) -> dict:
-    return {"name": "x", "shape": shape, "datatype": "FP64", "data": []}
+def tensor(shape: list, data: list | None = None) -> dict:
+    n = 1
+    for dim in shape:
+        n *= dim
+    return {
+        "name": "x",
+        "shape": shape,
+        "datatype": "FP64",
+        "data": [0.5] * n if data is None else data,
+    }
 
 
-def test_batch_outputs_and_parameters_are_read() -> None:
+NO_BODY = {
+    "valid": True,
+    "reason": "ok",
+    "content_type": "",
+    "batch_size": 0,
+    "features": 0,
+    "inputs": 0,
+    "datatypes": [],
+    "outputs": [],
+    "parameters": [],
+    "output_parameters": [],
+}
+
+
+def test_rows_outputs_and_parameters_are_read() -> None:
+    second = {**tensor([5, 2]), "name": "y", "parameters": {"content_type": "np"}}
     got = facts(
         {
-            "inputs": [tensor([3, 64]), tensor([5, 2])],
-            "outputs": [{"name": "predict_proba"}, {"name": "predict"}, {"name": "predict"}],
+            "inputs": [tensor([5, 64]), second],
+            "outputs": [
+                {"name": "predict_proba", "parameters": {"content_type": "np"}},
+                {"name": "predict"},
+            ],
             "parameters": {"content_type": "np", "explain": True},
         }
     )
     assert got == {
         "valid": True,
+        "reason": "ok",
+        "content_type": "np",
         "batch_size": 5,
+        "features": 66,
         "inputs": 2,
+        "datatypes": ["FP64"],
         "outputs": ["predict", "predict_proba"],
         "parameters": ["content_type", "explain"],
+        "output_parameters": ["content_type"],
     }
 
 
-def test_scalar_shape_counts_as_one() -> None:
-    assert facts({"inputs": [tensor([])]})["batch_size"] == 1
+def test_pandas_rows_are_what_the_model_runs() -> None:
+    """Issue 11: the policy saw shape[0] = 1 while MLServer's pandas codec ran len(data) rows."""
+    pd = {"parameters": {"content_type": "pd"}}
+    bypass = facts({"inputs": [tensor([1, 64], [0.5] * 484)], **pd})
+    assert bypass["valid"] is False and bypass["reason"] == "shape_mismatch"
+    column = facts({"inputs": [tensor([484])], **pd})
+    assert column["valid"] is True and column["batch_size"] == 484
+    assert column["content_type"] == "pd" and column["features"] == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (
+            {"inputs": [{**tensor([1, 64]), "parameters": {"_decoded_payload": [[0] * 64] * 500}}]},
+            "private_parameter",
+        ),
+        ({"inputs": [tensor([1, 64], [0.5] * 63)]}, "shape_mismatch"),
+        (b"[" * 50_000, "too_deep"),
+        ({"inputs": [tensor([1, 2], ["a", "b"])]}, "bad_data"),
+        ({"inputs": [tensor([1]), tensor([2])]}, "duplicate_name"),
+    ],
+)
+def test_bypasses_of_issue_11_are_invalid_with_a_reason(body: object, reason: str) -> None:
+    got = facts(body)
+    assert got == {**NO_BODY, "valid": False, "reason": reason}
 
 
 @pytest.mark.parametrize(
@@ -50,8 +105,9 @@ def test_scalar_shape_counts_as_one() -> None:
         {"inputs": []},
         {"inputs": "x"},
         {"inputs": [1]},
-        {"inputs": [tensor(["3"])]},
-        {"inputs": [tensor([-1])]},
+        {"inputs": [tensor(["3"], [0.5] * 3)]},
+        {"inputs": [tensor([-1], [])]},
+        {"inputs": [tensor([])]},
         {"inputs": [{"name": "x"}]},
         {"inputs": [tensor([1])], "outputs": [1]},
         {"inputs": [tensor([1])], "parameters": [1]},
@@ -61,12 +117,12 @@ def test_scalar_shape_counts_as_one() -> None:
 )
 def test_anything_else_is_invalid_and_never_raises(body: object) -> None:
     got = facts(body)
-    assert got["valid"] is False and got["batch_size"] == 0
+    assert got["valid"] is False and got["batch_size"] == 0 and got["reason"] != "ok"
 
 
 def test_non_infer_requests_have_no_body_facts() -> None:
     got = facts({"inputs": "ignored"}, path="/v2/models/digits", method="GET")
-    assert got == {"valid": True, "batch_size": 0, "inputs": 0, "outputs": [], "parameters": []}
+    assert got == NO_BODY
 
 
 def test_input_has_nothing_volatile() -> None:
@@ -98,7 +154,9 @@ def test_the_documented_schema_matches_what_is_built() -> None:
     schema = json.loads((ROOT / "rego" / "input.schema.json").read_text())
     bodies = [
         {"inputs": [tensor([2, 64])], "outputs": [{"name": "predict_proba"}]},
+        {"inputs": [tensor([3])], "parameters": {"content_type": "pd"}},
         b"not json",
+        b"[" * 50_000,
     ]
     for body in bodies:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
