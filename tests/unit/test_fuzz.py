@@ -322,7 +322,22 @@ BODIES_RAW = st.one_of(
     st.just(json.dumps(DIGITS).encode()),
     st.integers(1, 60_000).map(lambda n: b"[" * n),
     st.just(json.dumps({**DIGITS, "parameters": {"content_type": "pd"}}).encode()),
+    st.integers(1, 600).map(lambda n: json.dumps(pandas_bypass(n)).encode()),
 )
+
+
+def pandas_bypass(n: int) -> dict[str, Any]:
+    """Issue 11: shape says one row; MLServer's pandas codec runs len(data) rows."""
+    tensor = {"name": "input-0", "shape": [1, 64], "datatype": "FP64", "data": [0.0] * n}
+    return {"inputs": [tensor], "parameters": {"content_type": "pd"}}
+
+
+def server_rows(body: bytes) -> int:
+    """Rows the model server runs, read independently of extauthz: MLServer's pandas codec
+    takes len(data) per input; numpy (and Triton, KServe) take shape[0]."""
+    doc = json.loads(body)
+    pandas = (doc.get("parameters") or {}).get("content_type") == "pd"
+    return max(len(t["data"]) if pandas else t["shape"][0] for t in doc["inputs"])
 
 
 @BUDGET
@@ -361,6 +376,8 @@ def test_the_check_handler_never_raises_never_allows_without_a_credential(
         assert has_valid, "allowed without a valid credential"
         facts = policy.inputs[-1]["request"]["body"]
         assert facts["valid"] is True and facts["batch_size"] <= CAP
+        if policy.inputs[-1]["request"]["action"] == "infer":
+            assert server_rows(body) <= CAP, "the model would run more rows than the cap"
         removed = set(response.ok_response.headers_to_remove)
         set_names = {h.header.key for h in response.ok_response.headers}
         assert {h for h in CREDENTIAL_HEADERS if h in headers} <= removed

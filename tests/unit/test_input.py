@@ -85,7 +85,7 @@ def test_pandas_rows_are_what_the_model_runs() -> None:
             "private_parameter",
         ),
         ({"inputs": [tensor([1, 64], [0.5] * 63)]}, "shape_mismatch"),
-        (b"[" * 50_000, "too_deep"),
+        pytest.param(b"[" * 50_000, "too_deep", id="50000-brackets"),
         ({"inputs": [tensor([1, 2], ["a", "b"])]}, "bad_data"),
         ({"inputs": [tensor([1]), tensor([2])]}, "duplicate_name"),
     ],

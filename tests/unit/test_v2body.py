@@ -196,11 +196,13 @@ def test_what_the_gateway_cannot_read_unambiguously_is_invalid(
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
-        (b"[" * 50_000, E.TOO_DEEP),
-        (b'{"a":' * 50_000, E.TOO_DEEP),
-        (b'{"inputs": [' + b"[" * 50_000, E.TOO_DEEP),
+        pytest.param(b"[" * 50_000, E.TOO_DEEP, id="50000-brackets"),
+        pytest.param(b'{"a":' * 50_000, E.TOO_DEEP, id="50000-objects"),
+        pytest.param(b'{"inputs": [' + b"[" * 50_000, E.TOO_DEEP, id="50000-in-inputs"),
         (b"{not json", E.NOT_JSON),
-        (b'{"inputs": [{"data": [' + b"9" * 5000 + b"]}]}", E.NOT_JSON),  # Python's digit limit
+        pytest.param(
+            b'{"inputs": [{"data": [' + b"9" * 5000 + b"]}]}", E.NOT_JSON, id="5000-digits"
+        ),
         (b"", E.NOT_JSON),
         (b"\xff\xfe", E.NOT_JSON),
         (
