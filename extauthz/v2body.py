@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any
 
-MAX_INPUTS = 16
+MAX_INPUTS = 256  # pandas requests send one input per feature column
 MAX_OUTPUTS = 8
 MAX_PARAMETERS = 16  # names per parameters object
 MAX_NAME = 64  # tensor and parameter names go into the policy input and the decision cache key

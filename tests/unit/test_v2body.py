@@ -180,7 +180,7 @@ def test_pandas_rows_are_the_length_of_each_column() -> None:
         (body(tensor([1], [1.0]), extra=1), E.UNKNOWN_FIELD),
         (body(tensor([1], [1.0], extra=1)), E.UNKNOWN_FIELD),
         (body({"name": "x", "shape": [1]}), E.BAD_INPUT),
-        (body(*(tensor([1], [1.0], name=f"i{i}") for i in range(17))), E.TOO_MANY_INPUTS),
+        (body(*(tensor([1], [1.0], name=f"i{i}") for i in range(257))), E.TOO_MANY_INPUTS),
         ([], E.NOT_OBJECT),
         ("inputs", E.NOT_OBJECT),
     ],
