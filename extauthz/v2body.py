@@ -166,31 +166,37 @@ def _read_request(doc: Any) -> V2Body:
         raise _Invalid(BodyError.TOO_MANY_INPUTS)
     if content_type == "str" and len(inputs) != 1:  # a single-input request codec
         raise _Invalid(BodyError.BAD_INPUT)
-    tensors = [_read_input(tensor, content_type) for tensor in inputs]
-    names = tuple(t[0] for t in tensors)
-    if len(set(names)) != len(names):
-        raise _Invalid(BodyError.DUPLICATE_NAME)
-    rows = {t[2] for t in tensors}
-    if len(rows) != 1:
-        raise _Invalid(BodyError.MIXED_ROWS)
-    if sum(len(t[4]) for t in tensors) > MAX_ELEMENTS:
+    names: dict[str, None] = {}  # ordered, and a constant-time duplicate check
+    datatypes: set[str] = set()
+    parameter_names = set(params)
+    rows, features, elements = 0, 0, 0
+    columns: list[tuple[list[Any], int]] = []
+    for tensor in inputs:  # one plain loop: this runs on every inference request
+        name, datatype, n_rows, width, flat, names_there = _read_input(tensor, content_type)
+        if name in names:
+            raise _Invalid(BodyError.DUPLICATE_NAME)
+        if rows and n_rows != rows:
+            raise _Invalid(BodyError.MIXED_ROWS)
+        rows, features, elements = n_rows, features + width, elements + len(flat)
+        names[name] = None
+        datatypes.add(datatype)
+        parameter_names.update(names_there)
+        columns.append((flat, width))
+    if elements > MAX_ELEMENTS:
         raise _Invalid(BodyError.TOO_MANY_ELEMENTS)
     outputs, output_params = _read_outputs(doc.get("outputs"))
-    (n_rows,) = rows
-    features = sum(t[3] for t in tensors)
-    datatypes = tuple(sorted({t[1] for t in tensors}))
     return V2Body(
         valid=True,
         reason=BodyError.OK,
         content_type=content_type,
-        rows=n_rows,
+        rows=rows,
         features=features,
-        inputs=names,
-        datatypes=datatypes,
+        inputs=tuple(names),
+        datatypes=tuple(sorted(datatypes)),
         outputs=outputs,
-        parameters=tuple(sorted(set(params).union(*(t[5] for t in tensors)))),
+        parameters=tuple(sorted(parameter_names)),
         output_parameters=output_params,
-        columns=() if "BYTES" in datatypes else tuple((t[4], t[3]) for t in tensors),
+        columns=() if "BYTES" in datatypes else tuple(columns),
     )
 
 
@@ -293,8 +299,11 @@ def _check_elements(flat: list[Any], datatype: str) -> None:
         raise _Invalid(BodyError.BAD_DATA)
     if lowest is None:
         return
-    if datatype == "FP64" and found == {float}:  # the common case, one C-level pass: only a
-        in_range = math.isfinite(sum(flat))  # 1e400 (inf) or an overflowing sum is not finite
+    if datatype == "FP64":  # one C-level pass: 1e400 (inf) is not finite, 10**400 overflows
+        try:
+            in_range = math.isfinite(math.fsum(flat))
+        except OverflowError:
+            in_range = False
     else:
         in_range = lowest <= min(flat) and max(flat) <= highest
     if not in_range:
