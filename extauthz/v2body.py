@@ -302,7 +302,7 @@ def _check_elements(flat: list[Any], datatype: str) -> None:
     if datatype == "FP64":  # one C-level pass: 1e400 (inf) is not finite, 10**400 overflows
         try:
             in_range = math.isfinite(math.fsum(flat))
-        except OverflowError:
+        except (OverflowError, ValueError):  # ValueError: 1e400 and -1e400 together
             in_range = False
     else:
         in_range = lowest <= min(flat) and max(flat) <= highest

@@ -188,6 +188,37 @@ def test_valid_facts_are_what_every_reading_of_the_body_agrees_on(doc: dict[str,
         assert rows == ()
 
 
+EDGE_NUMBERS = st.sampled_from(
+    ["0", "-0", "1.5", "1e400", "-1e400", "1e308", "-1e308", "5e-324", "65504", "65505",
+     "255", "256", "-1", "9223372036854775808", "1" + "0" * 400, "3.5e38", "true", "null"]
+)  # fmt: skip
+NUMBER_TOKENS = st.one_of(
+    EDGE_NUMBERS,
+    EDGE_NUMBERS,
+    EDGE_NUMBERS,
+    st.integers().map(str),
+    st.floats(allow_nan=False, allow_infinity=False).map(repr),
+)
+
+
+@BUDGET
+@given(
+    st.lists(NUMBER_TOKENS, min_size=1, max_size=6),
+    st.sampled_from(["FP64", "FP64", "FP64", *sorted(ELEMENTS)]),
+)
+def test_numbers_spelled_any_way_never_raise(tokens: list[str], datatype: str) -> None:
+    """JSON number spellings the encoder never writes (1e400, -1e400, 400 digits) reach the
+    reader only as raw text."""
+    raw = b'{"inputs": [{"name": "x", "shape": [%d], "datatype": "%s", "data": [%s]}]}' % (
+        len(tokens),
+        datatype.encode(),
+        ", ".join(tokens).encode(),
+    )
+    got = read_body(raw)
+    if got.valid and datatype.startswith("FP"):
+        assert all(math.isfinite(v) for row in got.feature_rows() for v in row)
+
+
 def test_the_body_strategy_reaches_valid_numpy_and_pandas_bodies() -> None:
     """The property above is not vacuous: the strategy finds valid bodies of both kinds."""
     for content_type in ("", "pd"):

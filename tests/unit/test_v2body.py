@@ -14,6 +14,13 @@ ROW = DIGITS["inputs"][0]["data"]
 E = BodyError
 
 
+def fp64(numbers: bytes) -> bytes:
+    """A one-input FP64 body with `numbers` spelled exactly as given (JSON tokens)."""
+    count = numbers.count(b",") + 1
+    head = b'{"inputs": [{"name": "x", "shape": [%d], "datatype": "FP64", "data": [' % count
+    return head + numbers + b"]}]}"
+
+
 def read(body: Any) -> V2Body:
     return read_body(body if isinstance(body, bytes) else json.dumps(body).encode())
 
@@ -193,6 +200,11 @@ def test_what_the_gateway_cannot_read_unambiguously_is_invalid(
     assert got.reason is reason
 
 
+def test_fp64_numbers_at_the_edges_of_the_range() -> None:
+    assert read_body(fp64(b"1.7976931348623157e308, -1.7976931348623157e308")).valid
+    assert read_body(fp64(b"-0, 5e-324")).valid
+
+
 @pytest.mark.parametrize(
     ("raw", "reason"),
     [
@@ -205,6 +217,9 @@ def test_what_the_gateway_cannot_read_unambiguously_is_invalid(
         ),
         (b"", E.NOT_JSON),
         (b"\xff\xfe", E.NOT_JSON),
+        pytest.param(fp64(b"1e400, -1e400"), E.BAD_DATA, id="inf-and-minus-inf"),
+        pytest.param(fp64(b"-1e400, 1"), E.BAD_DATA, id="minus-inf"),
+        pytest.param(fp64(b"1e308, 1e308"), E.BAD_DATA, id="sum-overflows"),
         (
             b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [NaN]}]}',
             E.NOT_JSON,
