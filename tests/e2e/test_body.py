@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from typing import Any
 
 import httpx
 import pytest
 
-from extauthz.devstack import Stack
+from extauthz.devstack import ROOT, Stack
 from extauthz.response import BODIES
 from extauthz.types import Status
 from extauthz.v2body import read_body
@@ -113,3 +114,74 @@ def test_the_rows_the_gateway_counts_are_the_rows_the_model_runs(
     predictions = resp.json()["outputs"][0]
     assert predictions["shape"][0] == facts.rows  # one prediction per row the policy capped
     assert predictions["data"][0] == 0  # it is a zero, whatever the encoding
+
+
+# What MLServer's own codecs make of a body (run in its venv): the rows its sklearn runtime
+# would predict on, or the error it would answer with.
+MLSERVER_ROWS = """
+import json, sys
+from mlserver.codecs import NumpyRequestCodec
+from mlserver.codecs.utils import decode_inference_request
+from mlserver.types import InferenceRequest
+for line in sys.stdin:
+    try:
+        request = InferenceRequest.model_validate(json.loads(line))
+        decoded = decode_inference_request(request)
+        if decoded is request:  # no request content type: the sklearn runtime's default
+            decoded = NumpyRequestCodec.decode_request(request)
+        rows = len(decoded)  # DataFrame rows, ndarray first dimension, list of strings
+    except Exception as exc:
+        rows = type(exc).__name__
+    print(json.dumps(rows))
+"""
+
+
+def body_grid() -> list[dict[str, Any]]:
+    """Bodies of every request content type, input codec, datatype, shape and layout."""
+    values = {"FP64": [0.5, 1.0, 2.0, 3.0], "INT32": [1, 2, 3, 4], "BYTES": ["a", "b", "c", "d"]}
+    bodies = []
+    for content_type in ("", "np", "pd", "str"):
+        for datatype, codec in [("FP64", ""), ("INT32", "np"), ("BYTES", "str"), ("BYTES", "")]:
+            for rows in (1, 3):
+                for tail in ([], [1], [2], [2, 2]):
+                    for count in (1, 2):
+                        for nested in (False, True):
+                            shape = [rows, *tail]
+                            size = rows * (tail[0] * tail[-1] if tail else 1)
+                            data: Any = (values[datatype] * size)[:size]
+                            if nested and tail:
+                                width = size // rows
+                                data = [data[i : i + width] for i in range(0, size, width)]
+                            tensor: dict[str, Any] = {"shape": shape, "datatype": datatype}
+                            if codec:
+                                tensor["parameters"] = {"content_type": codec}
+                            body: dict[str, Any] = {
+                                "inputs": [
+                                    {**tensor, "name": f"i{n}", "data": data} for n in range(count)
+                                ]
+                            }
+                            if content_type:
+                                body["parameters"] = {"content_type": content_type}
+                            bodies.append(body)
+    return bodies
+
+
+def test_the_reader_counts_the_rows_mlservers_codecs_decode() -> None:
+    """Every body the gateway accepts decodes, in MLServer's own code, to the rows the policy
+    capped, or is refused by MLServer itself; never to another row count."""
+    bodies = body_grid()
+    python = ROOT / ".venv-model" / "bin" / "python"  # as bench/facts.py finds it
+    lines = "\n".join(json.dumps(b) for b in bodies) + "\n"
+    out = subprocess.run(
+        [str(python), "-c", MLSERVER_ROWS], input=lines, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    accepted = agreed = 0
+    for body, line in zip(bodies, out, strict=True):
+        facts = read_body(json.dumps(body).encode())
+        server = json.loads(line)
+        if facts.valid:
+            accepted += 1
+            assert server == facts.rows or isinstance(server, str), (body, server, facts)
+            agreed += server == facts.rows
+    print(f"{len(bodies)} bodies, {accepted} accepted, {agreed} decoded to the same rows")
+    assert accepted > 50 and agreed > 50
