@@ -82,3 +82,11 @@ def test_gate_fails_on_an_injected_slowdown(h2load: None, delay_us: int) -> None
     assert not verdict.ok, f"the gate did not notice {delay_us} µs per Check:\n" + "\n".join(
         verdict.lines
     )
+
+
+def test_a_rare_503_is_tolerated_anything_else_is_an_error() -> None:
+    gate._check({200: 1499, 503: 1}, "C")
+    with pytest.raises(RuntimeError):
+        gate._check({200: 1400, 503: 100}, "C")
+    with pytest.raises(RuntimeError):
+        gate._check({200: 1499, 401: 1}, "C")
