@@ -38,16 +38,18 @@ class CheckHandler:
         limiter: Limiter,
         decision_log: DecisionLog,
         max_body_bytes: int,
+        trusted_hops: int = 0,
     ) -> None:
         self._authn = authenticator
         self._policy = policy
         self._limiter = limiter
         self._log = decision_log
         self._max_body = max_body_bytes
+        self._trusted_hops = trusted_hops  # proxies whose X-Forwarded-For entries count
 
     async def check(self, request: CheckRequest) -> CheckResponse:
         started = time.perf_counter_ns()
-        view = parse_check_request(request, self._max_body)
+        view = parse_check_request(request, self._max_body, self._trusted_hops)
         decision_id = uuid.uuid4().hex
         principal: Principal | None = None
         policy: PolicyDecision | None = None

@@ -179,7 +179,8 @@ class Settings(BaseSettings):
     trusted_hops: int = Field(
         0,
         description="Proxies in front of Envoy whose X-Forwarded-For entries are trusted for "
-        "the limiter's client address; 0: the peer address Envoy reports, never the header.",
+        "the one client address every stage uses (key CIDRs, policy source_ip, limiter, log); "
+        "0: the peer address Envoy reports, never the header.",
     )
     auth_failure_limit: int = Field(
         30,

@@ -93,6 +93,8 @@ class RequestView:
     method: str
     path: str  # without query string
     host: str
+    # The client's address, the one every stage uses (key CIDRs, policy, limiter, log): the peer,
+    # or the X-Forwarded-For hop the trusted proxies vouch for (request.client_address).
     source_ip: str
     headers: dict[str, str]  # lower-case names; what Envoy sent
     route: ModelRoute
@@ -100,6 +102,7 @@ class RequestView:
     tls_principal: str = ""
     scheme: str = ""  # http | https, as Envoy saw it (DPoP htu)
     peer_certificate: str = ""  # the client certificate (PEM) on an mTLS listener, else ""
+    peer_ip: str = ""  # the TCP peer Envoy reports (a proxy's address behind trusted proxies)
 
 
 @dataclass(frozen=True, slots=True)

@@ -195,6 +195,7 @@ def build_service(settings: Settings) -> Service:
         limiter,
         decision_log,
         settings.max_body_bytes,
+        settings.trusted_hops,
     )
     return Service(
         handler=handler,

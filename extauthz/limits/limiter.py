@@ -40,7 +40,6 @@ from extauthz.limits.keys import (
     OWN_DIMENSIONS,
     SUB_BUCKETS,
     auth_failure_key,
-    client_address,
     counter_key,
     device_tag,
     dimension_values,
@@ -181,10 +180,8 @@ class Limiter:
     # ---- the source network (failed authentications, quarantine, source_prefix windows)
     def source_of(self, view: RequestView) -> str:
         c = self._config
-        address = client_address(
-            view.source_ip, view.headers.get("x-forwarded-for", ""), c.trusted_hops
-        )
-        return source_prefix(address, c.v4_bits, c.v6_bits)
+        # view.source_ip is already the one client address (request.client_address)
+        return source_prefix(view.source_ip, c.v4_bits, c.v6_bits)
 
     def precheck(self, view: RequestView) -> None:
         """Before authentication, in-process only: a source prefix this worker knows to be
