@@ -93,8 +93,9 @@ class Settings(BaseSettings):
     dpop_nonce_lifetime: int = Field(300, description="Seconds a server DPoP nonce stays valid.")
     dpop_origin: str = Field(
         "",
-        description="Public origin clients sign in DPoP htu (e.g. https://api.example.com). Empty: "
-        "scheme and host as Envoy forwards them.",
+        description="Public origins clients sign in DPoP htu, comma-separated (e.g. "
+        "https://api.example.com); required for DPoP, never taken from the client's Host. Empty: "
+        "DPoP is refused (the dev stack sets its own listeners).",
     )
     device_cache_ttl: float = Field(
         30.0,

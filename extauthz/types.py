@@ -47,6 +47,7 @@ class Reason(enum.StrEnum):
     DPOP_KEY_MISMATCH = "dpop_key_mismatch"  # proof key thumbprint != the token's cnf.jkt
     DPOP_NONCE_REQUIRED = "dpop_nonce_required"  # missing, wrong or stale nonce
     DPOP_REPLAY = "dpop_replay"  # a proof jti seen before (the state check)
+    DPOP_ORIGIN_NOT_CONFIGURED = "dpop_origin_not_configured"  # EXTAUTHZ_DPOP_ORIGIN is empty
     # devices
     DEVICE_REVOKED = "device_revoked"
     # mTLS service identities (401)

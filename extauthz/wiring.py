@@ -93,7 +93,7 @@ def token_authenticator(
         secret = hmac.new(pepper, b"extauthz dpop nonce", hashlib.sha256).digest()
         nonces = NonceIssuer(secret, settings.dpop_nonce_lifetime)
     proofs = ProofVerifier(
-        ProofRules(algorithms, settings.dpop_window, settings.dpop_leeway, settings.dpop_origin),
+        ProofRules(algorithms, settings.dpop_window, settings.dpop_leeway),
         nonces,
     )
     devices = DeviceRegistry(
