@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
@@ -49,27 +50,63 @@ def canonical_ip(text: str) -> str:
     return str(mapped or ip)
 
 
-def client_address(peer: str, forwarded_for: str, trusted_hops: int) -> str:
-    """The one client address every stage uses. With no trusted proxies: the peer Envoy reports,
-    never a header. With `trusted_hops` proxies in front of Envoy: the X-Forwarded-For entry the
-    nearest of them vouches for — Envoy appends the peer, so the entry trusted_hops + 1 from the
-    right; entries further left are the client's own claims and never count. A header too short
-    to hold that entry did not come through the proxies: the peer. An entry that is no IP
-    address: "" (no CIDR contains it; the limiter counts it as the network "unknown")."""
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarding:
+    """Who may name the client in X-Forwarded-For (settings trusted_hops, trusted_proxies)."""
+
+    hops: int = 0  # proxies in front of Envoy; 0: the peer, never the header
+    proxies: tuple[Network, ...] = ()  # their addresses; (): every peer counts as a proxy
+
+    @classmethod
+    def parse(cls, hops: int, proxies: str) -> Forwarding:
+        """From the settings; a malformed range raises ValueError (the start-up stops)."""
+        ranges = [c.strip() for c in proxies.split(",") if c.strip()]
+        return cls(hops, tuple(ipaddress.ip_network(c, strict=False) for c in ranges))
+
+
+NO_FORWARDING = Forwarding()
+
+
+def _is_proxy(address: str, proxies: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in proxies)
+
+
+def client_address(peer: str, forwarded_for: str, forwarding: Forwarding) -> str:
+    """The one client address every stage uses: the peer Envoy reports, or behind trusted proxies
+    the X-Forwarded-For entry the nearest of them vouches for. Envoy appends the peer, so with
+    `hops` proxies that is the entry hops + 1 from the right; entries further left are the
+    client's own claims and never count. A header too short to hold it did not come through the
+    proxies: the peer. With `proxies` given, the walk from the right goes one entry further only
+    while the address in hand is one of them, so a peer that is no proxy (or a client that
+    skipped the outer proxies) names nobody but itself. An entry that is no IP address: ""
+    (no range contains it; the limiter counts it as the network "unknown")."""
     own = canonical_ip(peer) or peer
-    if trusted_hops <= 0 or not forwarded_for:
+    hops = forwarding.hops
+    if hops <= 0 or not forwarded_for:
         return own
     entries = forwarded_for.split(",")
-    if len(entries) < trusted_hops + 1:
-        return own
-    return canonical_ip(entries[-(trusted_hops + 1)])
+    if not forwarding.proxies:
+        return own if len(entries) < hops + 1 else canonical_ip(entries[-(hops + 1)])
+    address = own
+    for back in range(2, min(hops + 1, len(entries)) + 1):
+        if not _is_proxy(address, forwarding.proxies):
+            break
+        address = canonical_ip(entries[-back])
+    return address
 
 
 def parse_check_request(
-    request: CheckRequest, max_body_bytes: int, trusted_hops: int = 0
+    request: CheckRequest, max_body_bytes: int, forwarding: Forwarding = NO_FORWARDING
 ) -> RequestView:
-    """Build the typed view of one CheckRequest. Never raises on odd input. `trusted_hops`:
-    proxies in front of Envoy whose X-Forwarded-For entries are believed (client_address)."""
+    """Build the typed view of one CheckRequest. Never raises on odd input. `forwarding`: whose
+    X-Forwarded-For entries name the client (client_address)."""
     attrs = request.attributes
     http = attrs.request.http
     # Envoy has normalised the path already (normalize_path, merge_slashes); drop the query.
@@ -83,7 +120,7 @@ def parse_check_request(
         method=method,
         path=path,
         host=http.host,
-        source_ip=client_address(peer, headers.get("x-forwarded-for", ""), trusted_hops),
+        source_ip=client_address(peer, headers.get("x-forwarded-for", ""), forwarding),
         headers=headers,
         route=parse_route(method, path),
         body=body[:max_body_bytes],

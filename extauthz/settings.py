@@ -183,6 +183,12 @@ class Settings(BaseSettings):
         "the one client address every stage uses (key CIDRs, policy source_ip, limiter, log); "
         "0: the peer address Envoy reports, never the header.",
     )
+    trusted_proxies: str = Field(
+        "",
+        description="Address ranges of those proxies (comma-separated CIDRs): X-Forwarded-For is "
+        "believed only from a peer inside them, hop by hop. Empty: with trusted_hops > 0 every "
+        "peer counts as a proxy (only the proxies may reach Envoy).",
+    )
     auth_failure_limit: int = Field(
         30,
         description="Failed authentications per source prefix and auth_failure_window before "

@@ -29,6 +29,7 @@ from extauthz.policy.engine import PolicyEngine
 from extauthz.policy.opa import OpaClient
 from extauthz.policy.revision import RevisionWatcher
 from extauthz.policy.shadow import Shadow
+from extauthz.request import Forwarding
 from extauthz.settings import Settings
 
 
@@ -195,7 +196,7 @@ def build_service(settings: Settings) -> Service:
         limiter,
         decision_log,
         settings.max_body_bytes,
-        settings.trusted_hops,
+        Forwarding.parse(settings.trusted_hops, settings.trusted_proxies),
     )
     return Service(
         handler=handler,

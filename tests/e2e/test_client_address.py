@@ -1,9 +1,10 @@
-"""One client address through real Envoy: behind a trusted proxy (EXTAUTHZ_TRUSTED_HOPS=1) the
-address the proxy vouches for in X-Forwarded-For is the one the API-key CIDR check, the policy's
-network check, the limiter and the decision log all see (issue 11, finding 9).
+"""One client address through real Envoy: behind a trusted proxy (EXTAUTHZ_TRUSTED_HOPS=1,
+EXTAUTHZ_TRUSTED_PROXIES=127.0.0.1/32) the address the proxy vouches for in X-Forwarded-For is
+the one the API-key CIDR check, the policy's network check, the limiter and the decision log all
+see (issue 11, finding 9); from any other peer the header is ignored.
 
-The test client plays the trusted proxy: it sends `X-Forwarded-For: <client>` and Envoy
-(use_remote_address) appends the peer it saw, 127.0.0.1, as a proxy's would be."""
+The test client on 127.0.0.1 plays the trusted proxy: it sends `X-Forwarded-For: <client>` and
+Envoy (use_remote_address) appends the peer it saw, as it would a proxy's."""
 
 from __future__ import annotations
 
@@ -29,9 +30,10 @@ PREFIX = "203.0.113.0"
 
 @pytest.fixture(scope="module")
 def behind_a_proxy(stack: Stack) -> Iterator[httpx.Client]:
-    """The stack's extauthz restarted with one trusted proxy hop; restored afterwards."""
+    """The stack's extauthz restarted behind one trusted proxy, 127.0.0.1; restored afterwards."""
     stack.stop("extauthz")
-    proxied = Stack(stack.settings.model_copy(update={"trusted_hops": 1}))
+    update = {"trusted_hops": 1, "trusted_proxies": "127.0.0.1/32"}
+    proxied = Stack(stack.settings.model_copy(update=update))
     try:
         proxied.up(["extauthz"])
         with httpx.Client(base_url=stack.envoy_url, timeout=10) as client:
@@ -108,3 +110,20 @@ def test_the_limiter_counts_the_same_client(behind_a_proxy: httpx.Client, stack:
         assert other.status_code == 200, other.text
     finally:
         cli(stack, "quarantine", "release", "--prefix", PREFIX)
+
+
+def test_a_peer_that_is_no_trusted_proxy_cannot_name_the_client(
+    behind_a_proxy: httpx.Client, stack: Stack
+) -> None:
+    """127.0.0.3 is not in EXTAUTHZ_TRUSTED_PROXIES: its X-Forwarded-For names nobody."""
+    only_there = key(stack, f"spoof-{secrets.token_hex(3)}", "analyst", "vision", f"{PREFIX}/24")
+    headers = {"x-api-key": only_there} | via(CLIENT)
+    transport = httpx.HTTPTransport(local_address="127.0.0.3")
+    with httpx.Client(base_url=stack.envoy_url, timeout=10, transport=transport) as direct:
+        resp = direct.post("/v2/models/digits/infer", json=DIGITS, headers=headers)
+    assert resp.status_code == 401 and resp.content == BODIES[Status.UNAUTHENTICATED]
+    record = logged(stack, resp)
+    assert (record["reason"], record["source_ip"]) == ("key_source_not_allowed", "127.0.0.3")
+    # the same request through the trusted proxy is the client's
+    resp = behind_a_proxy.post("/v2/models/digits/infer", json=DIGITS, headers=headers)
+    assert resp.status_code == 200, resp.text

@@ -1,6 +1,6 @@
 import pytest
 
-from extauthz.request import client_address, parse_check_request, parse_route
+from extauthz.request import Forwarding, client_address, parse_check_request, parse_route
 from extauthz.types import ModelRoute
 from tests.unit.checkrequests import check_request
 
@@ -81,7 +81,7 @@ XFF = "198.51.100.9, 203.0.113.5, 10.0.0.2"  # client claim, what the proxy saw,
     ],
 )
 def test_client_address(peer: str, xff: str, hops: int, client: str) -> None:
-    assert client_address(peer, xff, hops) == client
+    assert client_address(peer, xff, Forwarding(hops)) == client
 
 
 def test_a_spoofed_forwarded_for_is_ignored() -> None:
@@ -96,5 +96,38 @@ def test_a_spoofed_forwarded_for_is_ignored() -> None:
     proxied = check_request(
         headers={"x-forwarded-for": "10.20.0.5, 198.51.100.7, 10.0.0.2"}, source_ip="10.0.0.2"
     )
-    view = parse_check_request(proxied, 1024, trusted_hops=1)
+    view = parse_check_request(proxied, 1024, Forwarding(1))
     assert (view.source_ip, view.peer_ip) == ("198.51.100.7", "10.0.0.2")
+
+
+PROXIES = Forwarding.parse(2, "10.0.0.0/8, 2001:db8:1::/48")
+
+
+@pytest.mark.parametrize(
+    ("peer", "xff", "client"),
+    [
+        # through both proxies: the entry the outer one wrote
+        ("10.0.0.2", "10.20.0.5, 203.0.113.5, 10.0.0.3, 10.0.0.2", "203.0.113.5"),
+        # a client that skipped the outer proxy: what the inner one saw, not the client's claim
+        ("10.0.0.2", "10.20.0.5, 203.0.113.5, 10.0.0.2", "203.0.113.5"),
+        # a peer that is no proxy names only itself, whatever it writes
+        ("198.51.100.7", "10.20.0.5, 10.0.0.3, 198.51.100.7", "198.51.100.7"),
+        ("2001:db8:1::9", "203.0.113.5, 2001:db8:1::9", "203.0.113.5"),
+        ("10.0.0.2", "10.0.0.2", "10.0.0.2"),  # a proxy that forwarded nobody
+        ("10.0.0.2", "junk, 10.0.0.2", ""),
+    ],
+)
+def test_trusted_proxy_ranges_are_walked_hop_by_hop(peer: str, xff: str, client: str) -> None:
+    assert client_address(peer, xff, PROXIES) == client
+
+
+def test_proxy_ranges_parse_strictly() -> None:
+    assert Forwarding.parse(1, "").proxies == ()
+    assert [str(n) for n in Forwarding.parse(1, "10.1.2.3/8,::1").proxies] == [
+        "10.0.0.0/8",
+        "::1/128",
+    ]
+    with pytest.raises(ValueError):
+        Forwarding.parse(1, "10.0.0.0/33")
+    with pytest.raises(ValueError):
+        Forwarding.parse(1, "proxy.internal")
