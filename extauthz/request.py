@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
@@ -59,6 +59,8 @@ class Forwarding:
 
     hops: int = 0  # proxies in front of Envoy; 0: the peer, never the header
     proxies: tuple[Network, ...] = ()  # their addresses; (): every peer counts as a proxy
+    # address -> inside `proxies`: ipaddress parsing + membership cost ~10 us; peers are few
+    _seen: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
     def parse(cls, hops: int, proxies: str) -> Forwarding:
@@ -66,16 +68,20 @@ class Forwarding:
         ranges = [c.strip() for c in proxies.split(",") if c.strip()]
         return cls(hops, tuple(ipaddress.ip_network(c, strict=False) for c in ranges))
 
+    def is_proxy(self, address: str) -> bool:
+        known = self._seen.get(address)
+        if known is None:
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                return False
+            known = any(ip in net for net in self.proxies)
+            if len(self._seen) < 4096:
+                self._seen[address] = known
+        return known
+
 
 NO_FORWARDING = Forwarding()
-
-
-def _is_proxy(address: str, proxies: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    return any(ip in net for net in proxies)
 
 
 def client_address(peer: str, forwarded_for: str, forwarding: Forwarding) -> str:
@@ -96,7 +102,7 @@ def client_address(peer: str, forwarded_for: str, forwarding: Forwarding) -> str
         return own if len(entries) < hops + 1 else canonical_ip(entries[-(hops + 1)])
     address = own
     for back in range(2, min(hops + 1, len(entries)) + 1):
-        if not _is_proxy(address, forwarding.proxies):
+        if not forwarding.is_proxy(address):
             break
         address = canonical_ip(entries[-back])
     return address
