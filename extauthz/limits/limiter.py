@@ -78,7 +78,6 @@ class LimiterConfig:
 
     v4_bits: int = 24
     v6_bits: int = 56
-    trusted_hops: int = 0
     auth_failure_limit: int = 30  # per source prefix and auth_failure_window; 0: not counted
     auth_failure_window: int = 60
     auth_failure_quarantine: int = 300
@@ -97,7 +96,6 @@ class LimiterConfig:
         return cls(
             v4_bits=s.source_prefix_v4,
             v6_bits=s.source_prefix_v6,
-            trusted_hops=s.trusted_hops,
             auth_failure_limit=s.auth_failure_limit,
             auth_failure_window=s.auth_failure_window,
             auth_failure_quarantine=s.auth_failure_quarantine,
