@@ -101,7 +101,7 @@ class RequestView:
     route: ModelRoute
     body: bytes = b""
     tls_principal: str = ""
-    scheme: str = ""  # http | https, as Envoy saw it (DPoP htu)
+    scheme: str = ""  # http | https, as Envoy saw it (never DPoP htu: EXTAUTHZ_DPOP_ORIGIN)
     peer_certificate: str = ""  # the client certificate (PEM) on an mTLS listener, else ""
     peer_ip: str = ""  # the TCP peer Envoy reports (a proxy's address behind trusted proxies)
 
