@@ -309,6 +309,7 @@ def _hcm(name: str, filters: list[dict[str, Any]], access_log: Path, rate_limite
             "merge_slashes": True,
             "path_with_escaped_slashes_action": "REJECT_REQUEST",
             "max_request_headers_kb": 32,
+            "common_http_protocol_options": {"headers_with_underscores_action": "REJECT_REQUEST"},
             "request_timeout": "30s",
             "server_header_transformation": "PASS_THROUGH",
             "server_name": "gateway",

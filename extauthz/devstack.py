@@ -233,6 +233,8 @@ class Stack:
         env["EXTAUTHZ_RUN_DIR"] = str(self.run_dir)
         env["EXTAUTHZ_JWT_JWKS"] = self.jwks_location
         env["EXTAUTHZ_MTLS_CA_FILE"] = str(self.client_ca_file)
+        own = f"{self.envoy_url},{self.envoy_mtls_url}"  # DPoP htu: the stack's own listeners
+        env["EXTAUTHZ_DPOP_ORIGIN"] = self.settings.dpop_origin or own
         return env
 
     @property

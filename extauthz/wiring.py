@@ -29,6 +29,7 @@ from extauthz.policy.engine import PolicyEngine
 from extauthz.policy.opa import OpaClient
 from extauthz.policy.revision import RevisionWatcher
 from extauthz.policy.shadow import Shadow
+from extauthz.request import Forwarding
 from extauthz.settings import Settings
 
 
@@ -93,7 +94,7 @@ def token_authenticator(
         secret = hmac.new(pepper, b"extauthz dpop nonce", hashlib.sha256).digest()
         nonces = NonceIssuer(secret, settings.dpop_nonce_lifetime)
     proofs = ProofVerifier(
-        ProofRules(algorithms, settings.dpop_window, settings.dpop_leeway, settings.dpop_origin),
+        ProofRules(algorithms, settings.dpop_window, settings.dpop_leeway),
         nonces,
     )
     devices = DeviceRegistry(
@@ -195,6 +196,7 @@ def build_service(settings: Settings) -> Service:
         limiter,
         decision_log,
         settings.max_body_bytes,
+        Forwarding.parse(settings.trusted_hops, settings.trusted_proxies),
     )
     return Service(
         handler=handler,

@@ -400,6 +400,24 @@ def test_a_bad_proof_is_401(
     assert_denied(resp, stack, reason, DPOP_INVALID)
 
 
+def test_a_proof_for_another_origin_is_401_even_with_a_matching_forged_host(
+    gateway: httpx.Client, stack: Stack, bound: str, device: Key
+) -> None:
+    """Envoy answers every Host; the proof must name one of EXTAUTHZ_DPOP_ORIGIN (the dev
+    stack's own listeners), never whatever origin the client's Host claims."""
+    for origin, host in (
+        ("https://evil.example", "evil.example"),
+        ("http://127.0.0.1:1", "127.0.0.1:1"),  # a loopback port that is not this gateway
+    ):
+        proof = make_proof(device, "POST", origin + DIGITS_PATH, bound)
+        headers = {"authorization": f"DPoP {bound}", "dpop": proof, "host": host}
+        resp = gateway.post(DIGITS_PATH, json=DIGITS, headers=headers)
+        assert_denied(resp, stack, "dpop_htu_mismatch", DPOP_INVALID)
+    # the same token and key with a proof for this gateway's origin is served
+    resp = gateway.post(DIGITS_PATH, json=DIGITS, headers=dpop(stack, bound, device, DIGITS_PATH))
+    assert resp.status_code == 200, resp.text
+
+
 def test_a_proof_signed_by_another_key_than_cnf_jkt_is_401(
     gateway: httpx.Client, stack: Stack, bound: str
 ) -> None:
