@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from typing import Any
 
-_ENTRY = ("(extauthz/cli.py)", "(extauthz/__main__.py)")
+_ENTRY = ("(extauthz/cli/__init__.py)", "(extauthz/cli/serve.py)", "(extauthz/__main__.py)")
 OUTSIDE = "(gRPC server / event loop, outside extauthz code)"
 _FRAME = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 

@@ -2,7 +2,7 @@
 
 import re
 
-from extauthz.devstack import ROOT
+from extauthz.dev.devstack import ROOT
 from extauthz.settings import Settings
 
 README = (ROOT / "README.md").read_text()
