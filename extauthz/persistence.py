@@ -8,8 +8,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from redis.exceptions import RedisError
-
 log = logging.getLogger(__name__)
 
 
@@ -18,7 +16,7 @@ async def redis_persists(redis: Any) -> bool | None:
     renamed or disabled, as managed Redis services often do, or Redis unreachable)."""
     try:
         config = await redis.config_get("appendonly", "save")
-    except (RedisError, OSError):
+    except Exception:  # a start-up diagnostic never stops the service
         return None
     if not isinstance(config, dict) or "appendonly" not in config:
         return None  # e.g. a cluster client answering per node

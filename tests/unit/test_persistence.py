@@ -30,6 +30,7 @@ class FakeRedis:
         ({"appendonly": "no", "save": ""}, False),
         (ResponseError("unknown command 'CONFIG'"), None),  # renamed or disabled
         (RedisConnectionError("down"), None),
+        (TimeoutError(), None),
         ({"node-1": {"appendonly": "yes"}}, None),
     ],
 )
