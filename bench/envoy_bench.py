@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 SINK_HEADER = "x-bench-sink"
+RATELIMIT_DOMAIN = "extauthz-bench"  # the descriptor domain of the ratelimit peer (D)
 SINK_BODY = '{"model_name":"digits","outputs":[]}'
 _T = "type.googleapis.com/envoy.extensions."
 _HCM = _T + "filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -108,8 +109,6 @@ def _ext_authz(cluster: str, max_body_bytes: int) -> dict[str, Any]:
 
 
 def _ratelimit(cluster: str) -> dict[str, Any]:
-    from bench.procs import RATELIMIT_DOMAIN
-
     return {
         "name": "envoy.filters.http.ratelimit",
         "typed_config": {

@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from typing import Any
 
-_ENTRY = ("(extauthz/cli.py)", "(extauthz/__main__.py)")
+_ENTRY = ("(extauthz/cli/__init__.py)", "(extauthz/cli/serve.py)", "(extauthz/__main__.py)")
 OUTSIDE = "(gRPC server / event loop, outside extauthz code)"
 # a frame only the event-loop thread has: asyncio's loop, or the runner when uvloop (C) runs it
 _LOOP_FRAMES = ("(asyncio/base_events.py)", "(asyncio/runners.py)")

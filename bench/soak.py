@@ -37,9 +37,9 @@ import redis as redis_sync
 from bench.facts import _cpu_model
 from bench.load import percentile
 from extauthz.authn.apikeys import KeyStore
-from extauthz.authn.dev_issuer import make_proof
-from extauthz.demo import CANCER_ROW, DIABETES_ROW, DIGIT_ZERO, _enroll, infer_body
-from extauthz.devstack import Stack
+from extauthz.dev.demo import CANCER_ROW, DIABETES_ROW, DIGIT_ZERO, _enroll, infer_body
+from extauthz.dev.devstack import Stack
+from extauthz.dev.issuer import make_proof
 from extauthz.wiring import key_pepper, redis_client
 from tests.conftest import stack_settings
 
@@ -158,7 +158,7 @@ def soak(minutes: float, rate: float, out_dir: Path, log: Any = print) -> dict[s
     samples: list[dict[str, Any]] = []
     stack.up()
     try:
-        pid = stack._pid("extauthz")
+        pid = stack.pid("extauthz")
         if pid is None:
             raise RuntimeError("extauthz has no pid")
         store_settings = settings.model_copy(update={"key_pepper_file": stack.key_pepper_file})

@@ -24,6 +24,7 @@ from extauthz.decisionlog import DecisionLog
 from extauthz.handler import CheckHandler
 from extauthz.limits.limiter import Limiter, LimiterConfig
 from extauthz.limits.throttle import AutoThreat, DenialRate, ThreatWatcher, ThrottleStore
+from extauthz.persistence import warn_if_not_persistent
 from extauthz.policy.cache import DecisionCache
 from extauthz.policy.engine import PolicyEngine
 from extauthz.policy.opa import OpaClient
@@ -131,6 +132,7 @@ class Service:
 
     async def start(self) -> None:
         self.decision_log.start()
+        await warn_if_not_persistent(self.redis)  # keys and devices must survive its restart
         await self.opa.start()
         await self.watcher.poll_once()  # a cold cache and fallback table are ready at once
         self.watcher.start()

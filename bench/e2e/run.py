@@ -28,9 +28,9 @@ from typing import Any
 import httpx
 import redis as redis_sync
 
-from bench.envoy_bench import SINK_HEADER
+from bench.envoy_bench import RATELIMIT_DOMAIN, SINK_HEADER
 from bench.load import Run, h2load, percentile
-from bench.procs import BIN, DIGITS_PATH, RATELIMIT_DOMAIN, BenchStack, Peers
+from bench.procs import BIN, DIGITS_PATH, BenchStack, Peers
 from bench.profile import summarise_raw
 from tests.e2e.payloads import DIGITS
 

@@ -25,10 +25,10 @@ from joserfc.errors import SecurityWarning
 
 from bench.micro.conftest import bench_async
 from extauthz.authn.authenticator import TokenAuthenticator
-from extauthz.authn.dev_issuer import DevIssuer, make_proof, new_device_key
 from extauthz.authn.devices import DeviceRegistry, DeviceStore
 from extauthz.authn.dpop import ProofRules, ProofVerifier
 from extauthz.authn.jwt import JwksSource, JwtVerifier, TokenRules
+from extauthz.dev.issuer import DevIssuer, make_proof, new_device_key
 from extauthz.request import parse_check_request
 from extauthz.settings import Settings
 from extauthz.wiring import build_service, redis_client

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from extauthz.devstack import Stack
+from extauthz.dev.devstack import Stack
 from extauthz.response import BODIES
 from extauthz.types import Status
 from tests.e2e.conftest import Keys, cli

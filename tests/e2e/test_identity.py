@@ -20,9 +20,9 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key
 
-from extauthz.authn.dev_issuer import DevIssuer, make_proof, new_device_key, save_private_jwk
-from extauthz.certs import DevCA
-from extauthz.devstack import ROOT, Stack
+from extauthz.dev.certs import DevCA
+from extauthz.dev.devstack import ROOT, Stack
+from extauthz.dev.issuer import DevIssuer, make_proof, new_device_key, save_private_jwk
 from extauthz.response import BODIES
 from extauthz.types import Status
 from tests.e2e.conftest import Keys, cli
@@ -216,7 +216,7 @@ def test_jwks_rotation_is_picked_up_without_restart(
 ) -> None:
     old = issuer.mint("alice", ("analyst",), ("vision",))
     assert gateway.post(DIGITS_PATH, json=DIGITS, headers=bearer(old)).status_code == 200
-    pid = stack._pid("extauthz")
+    pid = stack.pid("extauthz")
     for alg in ("RS256", "EdDSA", "ES256"):
         kid = issuer.rotate(alg)
         new = issuer.mint("alice", ("analyst",), ("vision",))
@@ -226,7 +226,7 @@ def test_jwks_rotation_is_picked_up_without_restart(
         assert resp.status_code == 200, (alg, resp.text)
     # tokens of the retired keys stay valid (their keys stay published), no restart happened
     assert gateway.post(DIGITS_PATH, json=DIGITS, headers=bearer(old)).status_code == 200
-    assert stack._pid("extauthz") == pid
+    assert stack.pid("extauthz") == pid
 
 
 def test_the_example_client_sends_a_dpop_request(

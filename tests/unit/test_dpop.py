@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from joserfc.jwk import ECKey, Key, OKPKey
 
-from extauthz.authn.dev_issuer import make_proof
 from extauthz.authn.dpop import (
     NonceIssuer,
     ProofRules,
@@ -23,6 +22,7 @@ from extauthz.authn.dpop import (
     request_uris,
 )
 from extauthz.authn.jwt import b64url
+from extauthz.dev.issuer import make_proof
 from extauthz.types import Denied, Reason, Status
 
 NOW = 1_800_000_000
