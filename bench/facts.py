@@ -12,7 +12,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from extauthz.devstack import ROOT, find_envoy
+from extauthz.dev.devstack import ROOT, find_envoy
 
 
 def _out(argv: list[str], pattern: str = r"(.+)") -> str:

@@ -28,7 +28,7 @@ import tempfile
 from collections import deque
 from pathlib import Path
 
-from extauthz.devstack import Stack
+from extauthz.dev.devstack import Stack
 from extauthz.limits.keys import counter_key, dimension_values
 from extauthz.limits.limiter import Limiter, LimiterConfig
 from extauthz.types import Principal, Window
@@ -133,7 +133,7 @@ def compare(seconds: float) -> list[dict[str, object]]:
     """Several traces and limits through the real script, against the exact log and the
     previous algorithm."""
     run_dir = Path(tempfile.mkdtemp(prefix="extauthz-acc-"))
-    stack = Stack(stack_settings(run_dir))
+    stack = Stack(stack_settings(run_dir), redis_aof=False)
     stack.up(["redis"])
     rows = []
     try:
@@ -165,7 +165,7 @@ def run(seconds: float, limit: int, window: int, seed: int) -> dict[str, object]
     times = bursty_trace(seconds, base_rps=limit / window * 0.9, seed=seed)
     exact = exact_sliding_log(times, limit, window)
     run_dir = Path(tempfile.mkdtemp(prefix="extauthz-acc-"))
-    stack = Stack(stack_settings(run_dir))
+    stack = Stack(stack_settings(run_dir), redis_aof=False)
     stack.up(["redis"])
     try:
         swc, memory = asyncio.run(replay(stack, times, limit, window))

@@ -24,7 +24,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from extauthz.authn.apikeys import key_record_name
-from extauthz.devstack import Stack, cluster_ports
+from extauthz.dev.devstack import Stack, cluster_ports
 from extauthz.limits.limiter import Limiter, LimiterConfig
 from extauthz.types import ModelRoute, PolicyDecision, Principal, RequestView, Window
 from extauthz.wiring import redis_client
@@ -120,7 +120,7 @@ def main() -> None:
     parser.add_argument("--no-cluster", action="store_true")
     args = parser.parse_args()
     run_dir = Path(tempfile.mkdtemp(prefix="extauthz-lat-"))
-    stack = Stack(stack_settings(run_dir))
+    stack = Stack(stack_settings(run_dir), redis_aof=False)
     stack.up(["redis"])
     out: dict[str, Any] = {"n": args.n}
     ports: list[int] = []

@@ -2,8 +2,9 @@
 components beside it — the trivial Python authz (B), the Go peers (D) and one bench Envoy whose
 listeners differ only in their guard (see bench/envoy_bench.py).
 
-Everything binds to 127.0.0.1 on free ports, in a temporary run directory, and is stopped by
-`BenchStack.down()` (pid-exact: each process runs in its own session and is signalled by group).
+Everything binds to 127.0.0.1 on free ports, in a temporary run directory, and is started and
+stopped by the stack's own runner (extauthz.dev.runner), so `BenchStack.down()` signals
+exactly the processes it started.
 """
 
 from __future__ import annotations
@@ -11,32 +12,22 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
+from bench.envoy_bench import RATELIMIT_DOMAIN, bench_config
 from extauthz.authn.apikeys import key_record_name
-from extauthz.devstack import (
-    ROOT,
-    Stack,
-    find_envoy,
-    free_ports,
-    grpc_health_ok,
-    http_ok,
-    tcp_ok,
-)
+from extauthz.dev.devstack import ROOT, Stack, envoy_component
+from extauthz.dev.runner import Component, free_ports, grpc_health_ok, http_ok, tcp_ok
 from extauthz.settings import Settings
 
 BIN = ROOT / "bin"
 BENCH_DIR = Path(__file__).resolve().parent
 PEER_POLICY = BENCH_DIR / "peers" / "policy"
-RATELIMIT_DOMAIN = "extauthz-bench"
 # Everything the benchmark sends: an infer call on the cheap `digits` model.
 DIGITS_PATH = "/v2/models/digits/infer"
 
@@ -56,16 +47,6 @@ def bench_settings(run_dir: Path, **overrides: object) -> Settings:
         **overrides,
     }
     return Settings(**values)  # type: ignore[arg-type]
-
-
-@dataclass
-class Proc:
-    name: str
-    argv: list[str]
-    ready: Callable[[], bool]
-    env: dict[str, str] = field(default_factory=dict)
-    timeout: float = 60.0
-    popen: subprocess.Popen[bytes] | None = None
 
 
 @dataclass
@@ -122,7 +103,8 @@ class BenchStack:
     ) -> None:
         self.run_dir = run_dir
         self.settings = settings or bench_settings(run_dir)
-        self.stack = Stack(self.settings)
+        self.stack = Stack(self.settings, redis_aof=False)
+        self.runner = self.stack.runner
         self.model = model
         self.peers = peers or Peers("", False, [])
         self.trivial_delay_us = trivial_delay_us
@@ -140,8 +122,9 @@ class BenchStack:
         self.listener_ports: dict[str, int] = {}
         self.key = ""
         self.key_id = ""
-        self._procs: list[Proc] = []
-        self.logs = run_dir / "logs"
+        self.jwt = ""
+        self._started: list[str] = []  # bench components, in start order
+        self.logs = self.runner.logs
 
     # ---- lifecycle
     def up(self) -> None:
@@ -152,11 +135,11 @@ class BenchStack:
         self.stack.up(names)
         try:
             if self.extauthz_delay_us:
-                prepare = getattr(self.stack, "prepare_identity", None)  # what up() does first
-                if prepare is not None:
-                    prepare()
+                self.stack.prepare_identity()  # what up() does before starting extauthz
                 self._start(self._slowed_extauthz())
             self.key, self.key_id = self._create_key()
+            # path E's credential: a dev-issuer JWT Envoy verifies itself (long enough for a run)
+            self.jwt = self.stack.dev_issuer.mint("bench", ("analyst",), ("vision",), "bench", 7200)
             self._start(self._trivial())
             if self.peers.authz:
                 self._write_peer_data()
@@ -170,9 +153,9 @@ class BenchStack:
             raise
 
     def down(self) -> None:
-        for proc in reversed(self._procs):
-            _stop(proc)
-        self._procs.clear()
+        for name in reversed(self._started):
+            self.runner.stop(name)
+        self._started.clear()
         self.stack.down()
 
     def __enter__(self) -> BenchStack:
@@ -183,57 +166,30 @@ class BenchStack:
         self.down()
 
     def pid(self, name: str) -> int | None:
-        """The pid of a running component (project components: from the stack's pid files)."""
-        for proc in self._procs:
-            if proc.name == name and proc.popen is not None:
-                return proc.popen.pid
-        try:
-            return int((self.stack.pids / f"{name}.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
+        """The pid of a running component, the stack's or the bench's."""
+        return self.runner.pid(name)
 
     # ---- components
-    def _start(self, proc: Proc) -> None:
-        log = open(self.logs / f"{proc.name}.log", "ab")  # noqa: SIM115 - the child keeps it
-        try:
-            proc.popen = subprocess.Popen(
-                proc.argv,
-                cwd=ROOT,
-                env={**os.environ, **proc.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        finally:
-            log.close()
-        self._procs.append(proc)
-        deadline = time.monotonic() + proc.timeout
-        while time.monotonic() < deadline:
-            if proc.popen.poll() is not None:
-                break
-            if proc.ready():
-                return
-            time.sleep(0.1)
-        tail = (self.logs / f"{proc.name}.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"{proc.name} did not start; log tail:\n{tail}")
+    def _start(self, comp: Component) -> None:
+        self.runner.start(comp)
+        self._started.append(comp.name)
 
-    def _slowed_extauthz(self) -> Proc:
+    def _slowed_extauthz(self) -> Component:
         """extauthz with a CPU-burning delay in every Check (the gate's self-test only)."""
-        return Proc(
+        return Component(
             "extauthz",
             [sys.executable, "-m", "bench.slowdown", str(self.extauthz_delay_us)],
             lambda: grpc_health_ok(self.settings.port),
             env=self.stack.service_env(),
         )
 
-    def _trivial(self) -> Proc:
+    def _trivial(self) -> Component:
         argv = [sys.executable, "-m", "bench.trivial_authz", "--port", str(self.trivial_port)]
         if self.trivial_delay_us:
             argv += ["--delay-us", str(self.trivial_delay_us)]
-        return Proc("trivial_authz", argv, lambda: grpc_health_ok(self.trivial_port))
+        return Component("trivial_authz", argv, lambda: grpc_health_ok(self.trivial_port))
 
-    def _peer_authz(self) -> Proc:
+    def _peer_authz(self) -> Component:
         roots = [str(PEER_POLICY), str(self.stack.policy_dir), str(self.run_dir / "peer-data")]
         if self.peers.authz == "opa-envoy-plugin":
             argv = [
@@ -266,9 +222,9 @@ class BenchStack:
                 "data.envoy.authz.decision",
                 *roots,
             ]
-        return Proc("peer_authz", argv, lambda: tcp_ok(self.peer_port))
+        return Component("peer_authz", argv, lambda: tcp_ok(self.peer_port))
 
-    def _ratelimit(self) -> Proc:
+    def _ratelimit(self) -> Component:
         env = {
             "USE_STATSD": "false",
             "LOG_LEVEL": "warn",
@@ -284,17 +240,15 @@ class BenchStack:
             "DEBUG_HOST": "127.0.0.1",
             "DEBUG_PORT": str(self.rl_debug_port),
         }
-        return Proc(
+        return Component(
             "ratelimit",
             [str(BIN / "ratelimit")],
             lambda: http_ok(f"http://127.0.0.1:{self.rl_http_port}/healthcheck"),
             env=env,
         )
 
-    def _envoy(self) -> Proc:
-        from bench.envoy_bench import bench_config
-
-        paths = ["A", "B", "C"] + (["D"] if self.peers.authz else [])
+    def _envoy(self) -> Component:
+        paths = ["A", "B", "C"] + (["D"] if self.peers.authz else []) + ["E"]
         self.listener_ports = dict(zip(paths, free_ports(len(paths)), strict=True))
         config = bench_config(
             listeners=self.listener_ports,
@@ -307,27 +261,15 @@ class BenchStack:
             ratelimit_port=self.rl_grpc_port if self.peers.ratelimit else None,
             max_body_bytes=self.settings.max_body_bytes,
             access_log_dir=self.logs,
+            native_jwt=(
+                Path(self.stack.jwks_location),
+                self.settings.jwt_issuer,
+                self.settings.jwt_audience,
+            ),
         )
         path = self.run_dir / "envoy-bench.json"
         path.write_text(json.dumps(config, indent=1))
-        argv = [
-            sys.executable,
-            "-m",
-            "extauthz.keeper",  # Envoy stops when its parent exits (PR_SET_PDEATHSIG)
-            find_envoy(),
-            "-c",
-            str(path),
-            "--use-dynamic-base-id",
-            "--log-level",
-            "warn",
-            "--concurrency",
-            "2",
-        ]
-        return Proc(
-            "envoy_bench",
-            argv,
-            lambda: http_ok(f"http://127.0.0.1:{self.envoy_admin_port}/ready", b"LIVE"),
-        )
+        return envoy_component("envoy_bench", path, self.envoy_admin_port)
 
     # ---- data
     def _create_key(self) -> tuple[str, str]:
@@ -383,19 +325,3 @@ class BenchStack:
             f"      unit: {unit}\n"
             f"      requests_per_unit: {int(window['limit'])}\n"
         )
-
-
-def _stop(proc: Proc, timeout: float = 10.0) -> None:
-    popen = proc.popen
-    if popen is None or popen.poll() is not None:
-        return
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(popen.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            popen.wait(timeout=timeout)
-            return
-        except subprocess.TimeoutExpired:
-            continue

@@ -19,7 +19,7 @@ from pathlib import Path
 from bench import facts, report
 from bench.e2e import run as e2e
 from bench.load import h2load_path
-from extauthz.devstack import ROOT
+from extauthz.dev.devstack import ROOT
 
 
 def run_micro(out_dir: Path) -> None:

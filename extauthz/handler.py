@@ -13,7 +13,7 @@ from extauthz.decisionlog import DecisionLog
 from extauthz.limits.limiter import Limiter
 from extauthz.metrics import DECISION_SECONDS, DECISIONS
 from extauthz.policy.engine import PolicyEngine
-from extauthz.request import parse_check_request
+from extauthz.request import NO_FORWARDING, Forwarding, parse_check_request
 from extauthz.response import UPSTREAM_PREFIX, build_response
 from extauthz.types import (
     Decision,
@@ -38,16 +38,18 @@ class CheckHandler:
         limiter: Limiter,
         decision_log: DecisionLog,
         max_body_bytes: int,
+        forwarding: Forwarding = NO_FORWARDING,
     ) -> None:
         self._authn = authenticator
         self._policy = policy
         self._limiter = limiter
         self._log = decision_log
         self._max_body = max_body_bytes
+        self._forwarding = forwarding  # whose X-Forwarded-For entries name the client
 
     async def check(self, request: CheckRequest) -> CheckResponse:
         started = time.perf_counter_ns()
-        view = parse_check_request(request, self._max_body)
+        view = parse_check_request(request, self._max_body, self._forwarding)
         decision_id = uuid.uuid4().hex
         principal: Principal | None = None
         policy: PolicyDecision | None = None

@@ -50,15 +50,28 @@ def _limit_headers(limits: LimitResult | None) -> list[tuple[str, str]]:
     return ratelimit_headers(limits.windows) if limits else []
 
 
+def _spelled_as(name: str) -> str:
+    """A header name the way an upstream that folds case and `_` into `-` reads it."""
+    return name.lower().replace("_", "-")
+
+
+def headers_to_strip(request_headers: dict[str, str], upstream: dict[str, str]) -> list[str]:
+    """Client-sent headers that must not reach the model server: credentials, and every
+    x-extauthz-* we do not overwrite — in any spelling (`x_extauthz_subject`, `X-ExtAuthz-…`),
+    since Envoy may be configured to pass underscores and a server may fold them into dashes."""
+    removed = []
+    for name in request_headers:
+        spelled = _spelled_as(name)
+        if spelled in CREDENTIAL_HEADERS:
+            removed.append(name)
+        elif spelled.startswith(UPSTREAM_PREFIX) and name not in upstream:
+            removed.append(name)
+    return removed
+
+
 def build_ok(decision: Decision, request_headers: dict[str, str]) -> CheckResponse:
     upstream = dict(decision.upstream_headers)
-    # A client may not speak for us: drop every x-extauthz-* it sent that we do not overwrite.
-    spoofed = [
-        name
-        for name in request_headers
-        if name.startswith(UPSTREAM_PREFIX) and name not in upstream
-    ]
-    removed = [name for name in CREDENTIAL_HEADERS if name in request_headers] + spoofed
+    removed = headers_to_strip(request_headers, upstream)
     return CheckResponse(
         status=status_pb2.Status(code=0),
         ok_response=OkHttpResponse(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
@@ -93,8 +94,9 @@ class Settings(BaseSettings):
     dpop_nonce_lifetime: int = Field(300, description="Seconds a server DPoP nonce stays valid.")
     dpop_origin: str = Field(
         "",
-        description="Public origin clients sign in DPoP htu (e.g. https://api.example.com). Empty: "
-        "scheme and host as Envoy forwards them.",
+        description="Public origins clients sign in DPoP htu, comma-separated (e.g. "
+        "https://api.example.com); required for DPoP, never taken from the client's Host. Empty: "
+        "DPoP is refused (the dev stack sets its own listeners).",
     )
     device_cache_ttl: float = Field(
         30.0,
@@ -164,6 +166,12 @@ class Settings(BaseSettings):
         "per slot (sent together), and the client follows the cluster's slot map.",
     )
 
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto",
+        description="The service's event loop: uvloop (libuv; less CPU per decision, measured "
+        "in bench/), asyncio (the standard library's), or auto (uvloop when installed).",
+    )
+
     # --- rate limiting (extauthz/limits/)
     workers: int = Field(
         1,
@@ -179,7 +187,14 @@ class Settings(BaseSettings):
     trusted_hops: int = Field(
         0,
         description="Proxies in front of Envoy whose X-Forwarded-For entries are trusted for "
-        "the limiter's client address; 0: the peer address Envoy reports, never the header.",
+        "the one client address every stage uses (key CIDRs, policy source_ip, limiter, log); "
+        "0: the peer address Envoy reports, never the header.",
+    )
+    trusted_proxies: str = Field(
+        "",
+        description="Address ranges of those proxies (comma-separated CIDRs): X-Forwarded-For is "
+        "believed only from a peer inside them, hop by hop. Empty: with trusted_hops > 0 every "
+        "peer counts as a proxy (only the proxies may reach Envoy).",
     )
     auth_failure_limit: int = Field(
         30,

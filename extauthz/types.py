@@ -47,6 +47,7 @@ class Reason(enum.StrEnum):
     DPOP_KEY_MISMATCH = "dpop_key_mismatch"  # proof key thumbprint != the token's cnf.jkt
     DPOP_NONCE_REQUIRED = "dpop_nonce_required"  # missing, wrong or stale nonce
     DPOP_REPLAY = "dpop_replay"  # a proof jti seen before (the state check)
+    DPOP_ORIGIN_NOT_CONFIGURED = "dpop_origin_not_configured"  # EXTAUTHZ_DPOP_ORIGIN is empty
     # devices
     DEVICE_REVOKED = "device_revoked"
     # mTLS service identities (401)
@@ -93,13 +94,16 @@ class RequestView:
     method: str
     path: str  # without query string
     host: str
+    # The client's address, the one every stage uses (key CIDRs, policy, limiter, log): the peer,
+    # or the X-Forwarded-For hop the trusted proxies vouch for (request.client_address).
     source_ip: str
     headers: dict[str, str]  # lower-case names; what Envoy sent
     route: ModelRoute
     body: bytes = b""
     tls_principal: str = ""
-    scheme: str = ""  # http | https, as Envoy saw it (DPoP htu)
+    scheme: str = ""  # http | https, as Envoy saw it (never DPoP htu: EXTAUTHZ_DPOP_ORIGIN)
     peer_certificate: str = ""  # the client certificate (PEM) on an mTLS listener, else ""
+    peer_ip: str = ""  # the TCP peer Envoy reports (a proxy's address behind trusted proxies)
 
 
 @dataclass(frozen=True, slots=True)

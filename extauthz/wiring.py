@@ -24,11 +24,13 @@ from extauthz.decisionlog import DecisionLog
 from extauthz.handler import CheckHandler
 from extauthz.limits.limiter import Limiter, LimiterConfig
 from extauthz.limits.throttle import AutoThreat, DenialRate, ThreatWatcher, ThrottleStore
+from extauthz.persistence import warn_if_not_persistent
 from extauthz.policy.cache import DecisionCache
 from extauthz.policy.engine import PolicyEngine
 from extauthz.policy.opa import OpaClient
 from extauthz.policy.revision import RevisionWatcher
 from extauthz.policy.shadow import Shadow
+from extauthz.request import Forwarding
 from extauthz.settings import Settings
 
 
@@ -93,7 +95,7 @@ def token_authenticator(
         secret = hmac.new(pepper, b"extauthz dpop nonce", hashlib.sha256).digest()
         nonces = NonceIssuer(secret, settings.dpop_nonce_lifetime)
     proofs = ProofVerifier(
-        ProofRules(algorithms, settings.dpop_window, settings.dpop_leeway, settings.dpop_origin),
+        ProofRules(algorithms, settings.dpop_window, settings.dpop_leeway),
         nonces,
     )
     devices = DeviceRegistry(
@@ -130,6 +132,7 @@ class Service:
 
     async def start(self) -> None:
         self.decision_log.start()
+        await warn_if_not_persistent(self.redis)  # keys and devices must survive its restart
         await self.opa.start()
         await self.watcher.poll_once()  # a cold cache and fallback table are ready at once
         self.watcher.start()
@@ -195,6 +198,7 @@ def build_service(settings: Settings) -> Service:
         limiter,
         decision_log,
         settings.max_body_bytes,
+        Forwarding.parse(settings.trusted_hops, settings.trusted_proxies),
     )
     return Service(
         handler=handler,

@@ -1,15 +1,14 @@
-"""Shared fixtures. Integration and e2e tests run ONE real stack per session, on free ports,
-so they can run beside a `make up` stack."""
+"""Shared by the test tiers: settings for a real stack on free ports, so it can run beside a
+`make up` stack. Each tier starts only what it needs: tests/integration/conftest.py Redis and
+OPA, tests/e2e/conftest.py the whole stack (one per session each)."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from extauthz.devstack import ROOT, Stack, free_ports
+from extauthz.dev.devstack import ROOT
+from extauthz.dev.runner import free_ports
 from extauthz.settings import Settings
 
 
@@ -40,14 +39,3 @@ def stack_settings(run_dir: Path) -> Settings:
         # the suite denies on purpose; the automatic threat level is tested on its own
         auto_threat_ratio=0.0,
     )
-
-
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    run_dir = tmp_path_factory.mktemp("stack")
-    stack = Stack(stack_settings(run_dir), floor_port=free_ports(1)[0])
-    stack.up()
-    try:
-        yield stack
-    finally:
-        stack.down()

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from bench.procs import bench_settings
-from extauthz.devstack import ROOT, Stack
+from extauthz.dev.devstack import ROOT, Stack
 from extauthz.settings import Settings
 
 # Async stages: each round awaits the stage BATCH times in one event loop; the time per call is
@@ -65,7 +65,8 @@ def bench_async(
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     run_dir = tmp_path_factory.mktemp("micro")
     (run_dir / "logs").mkdir()
-    stack = Stack(bench_settings(run_dir, decision_log=str(run_dir / "logs" / "decisions.log")))
+    settings = bench_settings(run_dir, decision_log=str(run_dir / "logs" / "decisions.log"))
+    stack = Stack(settings, redis_aof=False)
     stack.up(["redis", "opa"])
     try:
         yield stack

@@ -25,10 +25,10 @@ from joserfc.errors import SecurityWarning
 
 from bench.micro.conftest import bench_async
 from extauthz.authn.authenticator import TokenAuthenticator
-from extauthz.authn.dev_issuer import DevIssuer, make_proof, new_device_key
 from extauthz.authn.devices import DeviceRegistry, DeviceStore
 from extauthz.authn.dpop import ProofRules, ProofVerifier
 from extauthz.authn.jwt import JwksSource, JwtVerifier, TokenRules
+from extauthz.dev.issuer import DevIssuer, make_proof, new_device_key
 from extauthz.request import parse_check_request
 from extauthz.settings import Settings
 from extauthz.wiring import build_service, redis_client
@@ -36,7 +36,8 @@ from tests.e2e.payloads import DIGITS
 from tests.unit.checkrequests import check_request
 
 PATH = "/v2/models/digits/infer"
-HTU = "http://gateway" + PATH  # checkrequests' host; no :scheme → http
+ORIGIN = "http://gateway"  # the origin proofs are made for (EXTAUTHZ_DPOP_ORIGIN)
+HTU = ORIGIN + PATH
 BODY = json.dumps(DIGITS).encode()
 BATCH, ROUNDS = 50, 20
 NEEDED = BATCH * (ROUNDS + 4)
@@ -102,6 +103,7 @@ def test_authn_jwt_dpop(benchmark, issuer, settings, loop, device_registry) -> N
         ProofVerifier(ProofRules()),
         device_registry,
         proof_window=65,
+        origin=ORIGIN,
     )
     # the verifier does not see jtis (Redis does), so one proof serves every call here
     view = parse_check_request(
@@ -121,6 +123,7 @@ def service(issuer, settings, run_dir, loop):  # type: ignore[no-untyped-def]
     s = settings.model_copy(
         update={
             "jwt_jwks": str(issuer.jwks_file),
+            "dpop_origin": ORIGIN,
             "decision_log": str(run_dir / "logs" / "identity-decisions.log"),
         }
     )
@@ -128,8 +131,6 @@ def service(issuer, settings, run_dir, loop):  # type: ignore[no-untyped-def]
     loop.run_until_complete(service.start())
     yield SimpleNamespace(handler=service.handler)
     loop.run_until_complete(service.close())
-    for handler in service.decision_log._listener.handlers:  # DecisionLog.stop() leaves it open
-        handler.close()
 
 
 def decide(loop, handler, requests: Iterator[Any]) -> Any:  # type: ignore[no-untyped-def]

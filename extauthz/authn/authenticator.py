@@ -13,15 +13,18 @@ is the same 401 to the client; the reason code goes to the decision log.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from extauthz.authn.apikeys import PREFIX, ApiKeyAuthenticator
 from extauthz.authn.devices import DeviceRegistry
-from extauthz.authn.dpop import ProofVerifier, replay_key, request_uri
+from extauthz.authn.dpop import ProofVerifier, parse_origins, replay_key, request_uris
 from extauthz.authn.jwt import JwtVerifier, VerifiedToken
 from extauthz.authn.mtls import MtlsAuthenticator
 from extauthz.limits.keys import subject_tag
 from extauthz.types import Denied, Principal, Reason, RequestView, Status
+
+log = logging.getLogger(__name__)
 
 # Credentials never travel past the gateway.
 CREDENTIAL_HEADERS = ("authorization", "x-api-key", "dpop")
@@ -50,7 +53,10 @@ class TokenAuthenticator:
         self._proofs = proofs
         self._devices = devices
         self._replay_ttl = proof_window
-        self._origin = origin
+        # the public origins proofs are made for (EXTAUTHZ_DPOP_ORIGIN); a bad one stops start-up
+        self._origins = parse_origins(origin)
+        if not self._origins:
+            log.warning("EXTAUTHZ_DPOP_ORIGIN is empty: every DPoP request is refused (401)")
 
     async def authenticate(self, scheme: str, token: str, view: RequestView) -> Principal:
         verified = await self._verifier.verify(token)
@@ -63,10 +69,12 @@ class TokenAuthenticator:
         header = view.headers.get("dpop")
         if header is None:
             raise _unauthenticated(Reason.DPOP_PROOF_MISSING)
+        if not self._origins:  # htu can only be checked against origins the operator named
+            raise _unauthenticated(Reason.DPOP_ORIGIN_NOT_CONFIGURED)
         proof = self._proofs.verify(
             header,
             method=view.method,
-            uri=request_uri(view.scheme, view.host, view.path, self._origin),
+            uri=request_uris(self._origins, view.path),
             access_token_ath=verified.ath,
             token_jkt=verified.jkt,
         )

@@ -21,11 +21,14 @@ To validate a DPoP proof, the receiving server MUST ensure the following:
 The ``jti`` replay check (§11.1) is not here: it rides in the decision's single Redis call
 (limits/lua/check_and_consume.lua), keyed by `replay_key`.
 
-How ``htu`` is matched (check 9): Envoy normalises the path (normalize_path, merge_slashes)
-before extauthz sees it, and that normalised path is what the model server gets. The request's
-URI is rebuilt as ``<scheme>://<host><path>`` from what Envoy forwards (``:scheme``,
-``:authority``, the normalised path without query), or as ``<origin><path>`` when a public
-origin is configured (a gateway behind another proxy). Both sides are compared after RFC 3986
+How ``htu`` is matched (check 9): against ``<origin><path>`` for each public origin the
+operator configured (``EXTAUTHZ_DPOP_ORIGIN``, comma-separated), never against the request's own
+``Host``/``:scheme``: those are the client's to choose, so a proof made for another origin would
+pass if the client just sent that Host (RFC 9449 §4.3 binds a proof to *this* resource). Envoy's
+virtual host answers every domain (``domains: ["*"]``) and behind a load balancer or CDN the
+gateway cannot know its public names, so only the operator can state them; without them, DPoP
+is refused (``dpop_origin_not_configured``). The path is the one Envoy normalised (normalize_path,
+merge_slashes), which is what the model server gets. Both sides are compared after RFC 3986
 §6.2.2/§6.2.3 normalisation: scheme and host lower-cased, default port dropped, empty path as
 "/". A client that signs an unnormalised path (``//v2/...``, ``/./``) fails check 9.
 """
@@ -74,7 +77,6 @@ class ProofRules:
     algorithms: tuple[str, ...] = ("RS256", "ES256", "EdDSA")
     window: int = 60  # seconds a proof is accepted after its iat (and its jti remembered)
     leeway: int = 5  # seconds a proof's iat may lie in the future (clock skew)
-    origin: str = ""  # e.g. https://api.example.com; "" = rebuild from scheme + host
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,11 +138,26 @@ def normalize_uri(uri: str) -> str | None:
     return f"{scheme}://{netloc}{parts.path or '/'}"
 
 
-def request_uri(scheme: str, host: str, path: str, origin: str = "") -> str:
-    """The request's URI as check 9 compares it (see the module docstring)."""
-    if origin:
-        return origin.rstrip("/") + path
-    return f"{scheme or 'http'}://{host}{path}"
+def parse_origins(text: str) -> tuple[str, ...]:
+    """EXTAUTHZ_DPOP_ORIGIN → normalised origins (``https://api.example.com``, comma-separated).
+    Raises ValueError on anything that is not an http(s) origin, so a typo stops the start-up."""
+    origins = []
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        parts = normalize_uri(item)
+        if parts is None or not parts.endswith("/") or parts.count("/") != 3:
+            raise ValueError(f"not an http(s) origin (scheme://host[:port]): {item!r}")
+        if "@" in item or "?" in item or "#" in item:
+            raise ValueError(f"an origin has no userinfo, query or fragment: {item!r}")
+        origins.append(parts.rstrip("/"))
+    return tuple(dict.fromkeys(origins))
+
+
+def request_uris(origins: tuple[str, ...], path: str) -> tuple[str, ...]:
+    """The URIs a request is known by, one per public origin (see the module docstring)."""
+    return tuple(origin + path for origin in origins)
 
 
 def replay_key(subject: str, proof: Proof) -> str:
@@ -192,7 +209,7 @@ class ProofVerifier:
         self,
         header_value: str,
         method: str,
-        uri: str,
+        uri: str | tuple[str, ...],
         access_token_ath: str,
         token_jkt: str,
     ) -> Proof:
@@ -235,9 +252,10 @@ class ProofVerifier:
         # 8. htm
         if not hmac.compare_digest(claims["htm"].encode(), method.encode()):
             raise _invalid(Reason.DPOP_HTM_MISMATCH)
-        # 9. htu, ignoring query and fragment
-        expected = normalize_uri(uri)
-        if expected is None or normalize_uri(claims["htu"]) != expected:
+        # 9. htu, ignoring query and fragment: the request's URI under one of its public origins
+        htu = normalize_uri(claims["htu"])
+        uris = (uri,) if isinstance(uri, str) else uri
+        if htu is None or all(normalize_uri(u) != htu for u in uris):
             raise _invalid(Reason.DPOP_HTU_MISMATCH)
         # 10. the server nonce, when this server requires one
         if self._nonces is not None and not self._nonces.valid(claims.get("nonce")):

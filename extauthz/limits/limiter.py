@@ -40,7 +40,6 @@ from extauthz.limits.keys import (
     OWN_DIMENSIONS,
     SUB_BUCKETS,
     auth_failure_key,
-    client_address,
     counter_key,
     device_tag,
     dimension_values,
@@ -79,7 +78,6 @@ class LimiterConfig:
 
     v4_bits: int = 24
     v6_bits: int = 56
-    trusted_hops: int = 0
     auth_failure_limit: int = 30  # per source prefix and auth_failure_window; 0: not counted
     auth_failure_window: int = 60
     auth_failure_quarantine: int = 300
@@ -98,7 +96,6 @@ class LimiterConfig:
         return cls(
             v4_bits=s.source_prefix_v4,
             v6_bits=s.source_prefix_v6,
-            trusted_hops=s.trusted_hops,
             auth_failure_limit=s.auth_failure_limit,
             auth_failure_window=s.auth_failure_window,
             auth_failure_quarantine=s.auth_failure_quarantine,
@@ -181,10 +178,8 @@ class Limiter:
     # ---- the source network (failed authentications, quarantine, source_prefix windows)
     def source_of(self, view: RequestView) -> str:
         c = self._config
-        address = client_address(
-            view.source_ip, view.headers.get("x-forwarded-for", ""), c.trusted_hops
-        )
-        return source_prefix(address, c.v4_bits, c.v6_bits)
+        # view.source_ip is already the one client address (request.client_address)
+        return source_prefix(view.source_ip, c.v4_bits, c.v6_bits)
 
     def precheck(self, view: RequestView) -> None:
         """Before authentication, in-process only: a source prefix this worker knows to be

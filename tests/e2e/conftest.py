@@ -9,9 +9,23 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from extauthz.devstack import Stack
+from extauthz.dev.devstack import Stack
+from extauthz.dev.runner import free_ports
+from tests.conftest import stack_settings
 
 Keys = Callable[..., str]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The whole stack (Redis, OPA, MLServer, extauthz, Envoy); Redis without AOF, for speed."""
+    run_dir = tmp_path_factory.mktemp("stack")
+    stack = Stack(stack_settings(run_dir), floor_port=free_ports(1)[0], redis_aof=False)
+    stack.up()
+    try:
+        yield stack
+    finally:
+        stack.down()
 
 
 def cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from extauthz.demo import CANCER_ROW, DIGIT_ZERO
+from extauthz.dev.demo import CANCER_ROW, DIGIT_ZERO
 
 
 def infer(features: list[float], outputs: list[str] | None = None) -> dict:

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from extauthz.demo import run_demo
-from extauthz.devstack import Stack
+from extauthz.dev.demo import run_demo
+from extauthz.dev.devstack import Stack
 
 pytestmark = pytest.mark.e2e
 

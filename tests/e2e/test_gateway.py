@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from extauthz.devstack import Stack
+from extauthz.dev.devstack import Stack
 from extauthz.response import BODIES
 from extauthz.types import Status
 from tests.e2e.conftest import Keys, cli
@@ -172,6 +172,25 @@ def test_model_server_sees_no_credentials_and_no_spoofed_identity(
         assert "x-extauthz-roles" not in seen
         assert "authorization" not in seen and "x-api-key" not in seen
         assert key not in json.dumps(seen)
+
+
+def test_header_names_with_underscores_never_reach_the_model_server(
+    gateway: httpx.Client, stack: Stack, make_key: Keys
+) -> None:
+    """x_extauthz_subject is no x-extauthz-* header to a prefix match, but a server that folds
+    `_` into `-` reads it as one: Envoy refuses such names with its generic 400."""
+    key = make_key("quentin", "operator", "ops")
+    for name in ("x_extauthz_subject", "x-extauthz_subject", "x_api_key"):
+        resp = gateway.post(
+            "/v2/models/echo/infer", json=ECHO, headers={**bearer(key), name: "admin"}
+        )
+        assert resp.status_code == 400, resp.text
+        assert resp.content == b'{"error":"bad_request"}'
+        assert "admin" not in resp.text
+    # the same request without it is served, with our identity only
+    resp = gateway.post("/v2/models/echo/infer", json=ECHO, headers=bearer(key))
+    seen = {k.lower(): v for k, v in json.loads(resp.json()["outputs"][0]["data"][0]).items()}
+    assert seen["x-extauthz-subject"] == "quentin"
 
 
 def test_oversized_body_and_headers_get_generic_replies(

@@ -20,9 +20,9 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey, Key
 
-from extauthz.authn.dev_issuer import DevIssuer, make_proof, new_device_key, save_private_jwk
-from extauthz.certs import DevCA
-from extauthz.devstack import ROOT, Stack
+from extauthz.dev.certs import DevCA
+from extauthz.dev.devstack import ROOT, Stack
+from extauthz.dev.issuer import DevIssuer, make_proof, new_device_key, save_private_jwk
 from extauthz.response import BODIES
 from extauthz.types import Status
 from tests.e2e.conftest import Keys, cli
@@ -216,7 +216,7 @@ def test_jwks_rotation_is_picked_up_without_restart(
 ) -> None:
     old = issuer.mint("alice", ("analyst",), ("vision",))
     assert gateway.post(DIGITS_PATH, json=DIGITS, headers=bearer(old)).status_code == 200
-    pid = stack._pid("extauthz")
+    pid = stack.pid("extauthz")
     for alg in ("RS256", "EdDSA", "ES256"):
         kid = issuer.rotate(alg)
         new = issuer.mint("alice", ("analyst",), ("vision",))
@@ -226,7 +226,7 @@ def test_jwks_rotation_is_picked_up_without_restart(
         assert resp.status_code == 200, (alg, resp.text)
     # tokens of the retired keys stay valid (their keys stay published), no restart happened
     assert gateway.post(DIGITS_PATH, json=DIGITS, headers=bearer(old)).status_code == 200
-    assert stack._pid("extauthz") == pid
+    assert stack.pid("extauthz") == pid
 
 
 def test_the_example_client_sends_a_dpop_request(
@@ -398,6 +398,24 @@ def test_a_bad_proof_is_401(
     headers = {"authorization": f"DPoP {bound}", "dpop": proof}
     resp = gateway.post(DIGITS_PATH, json=DIGITS, headers=headers)
     assert_denied(resp, stack, reason, DPOP_INVALID)
+
+
+def test_a_proof_for_another_origin_is_401_even_with_a_matching_forged_host(
+    gateway: httpx.Client, stack: Stack, bound: str, device: Key
+) -> None:
+    """Envoy answers every Host; the proof must name one of EXTAUTHZ_DPOP_ORIGIN (the dev
+    stack's own listeners), never whatever origin the client's Host claims."""
+    for origin, host in (
+        ("https://evil.example", "evil.example"),
+        ("http://127.0.0.1:1", "127.0.0.1:1"),  # a loopback port that is not this gateway
+    ):
+        proof = make_proof(device, "POST", origin + DIGITS_PATH, bound)
+        headers = {"authorization": f"DPoP {bound}", "dpop": proof, "host": host}
+        resp = gateway.post(DIGITS_PATH, json=DIGITS, headers=headers)
+        assert_denied(resp, stack, "dpop_htu_mismatch", DPOP_INVALID)
+    # the same token and key with a proof for this gateway's origin is served
+    resp = gateway.post(DIGITS_PATH, json=DIGITS, headers=dpop(stack, bound, device, DIGITS_PATH))
+    assert resp.status_code == 200, resp.text
 
 
 def test_a_proof_signed_by_another_key_than_cnf_jkt_is_401(

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 
-from extauthz.devstack import Stack
+from extauthz.dev.devstack import Stack
 from extauthz.response import BODIES
 from extauthz.types import Status
 from tests.e2e.conftest import Keys, cli
@@ -297,10 +297,10 @@ def _children(pid: int) -> list[int]:
 def with_workers(stack: Stack, n: int) -> Iterator[list[int]]:
     """The stack's extauthz replaced by `serve --workers n`; yields the worker pids."""
     stack.stop("extauthz")
-    multi = Stack(stack.settings.model_copy(update={"workers": n}))
+    multi = Stack(stack.settings.model_copy(update={"workers": n}), redis_aof=False)
     try:
         multi.up(["extauthz"])
-        supervisor = multi._pid("extauthz")
+        supervisor = multi.pid("extauthz")
         assert supervisor is not None
         workers = _children(supervisor)
         listening = _listening(stack.settings.port)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import httpx
 import pytest
 
-from extauthz.devstack import Stack
+from extauthz.dev.devstack import Stack
 from extauthz.response import BODIES
 from extauthz.types import Status
 from tests.e2e.conftest import Keys

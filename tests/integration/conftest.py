@@ -5,8 +5,20 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from extauthz.devstack import Stack, cluster_ports
+from extauthz.dev.devstack import Stack, cluster_ports
 from extauthz.wiring import redis_client
+from tests.conftest import stack_settings
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Only what integration tests talk to: Redis (no AOF, for speed) and OPA."""
+    stack = Stack(stack_settings(tmp_path_factory.mktemp("services")), redis_aof=False)
+    stack.up(["redis", "opa"])
+    try:
+        yield stack
+    finally:
+        stack.down()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from extauthz.authn.apikeys import ApiKeyAuthenticator, KeyStore
-from extauthz.devstack import Stack
+from extauthz.dev.devstack import Stack
 from extauthz.types import Denied, Reason
 from extauthz.wiring import redis_client
 

@@ -16,7 +16,7 @@ from redis.crc import key_slot
 
 from extauthz.authn.apikeys import key_record_name
 from extauthz.authn.devices import device_record_name
-from extauthz.devstack import Stack
+from extauthz.dev.devstack import Stack
 from extauthz.limits.keys import device_tag, prefix_tag, source_prefix, subject_tag
 from extauthz.limits.limiter import Limiter, LimiterConfig
 from extauthz.limits.throttle import ThrottleStore

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from extauthz.devstack import Stack
+from extauthz.dev.devstack import Stack
 from extauthz.policy.opa import OpaClient
 from extauthz.types import Denied, Reason, Status, Window
 

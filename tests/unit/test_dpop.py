@@ -12,20 +12,22 @@ from typing import Any
 import pytest
 from joserfc.jwk import ECKey, Key, OKPKey
 
-from extauthz.authn.dev_issuer import make_proof
 from extauthz.authn.dpop import (
     NonceIssuer,
     ProofRules,
     ProofVerifier,
     normalize_uri,
+    parse_origins,
     replay_key,
-    request_uri,
+    request_uris,
 )
 from extauthz.authn.jwt import b64url
+from extauthz.dev.issuer import make_proof
 from extauthz.types import Denied, Reason, Status
 
 NOW = 1_800_000_000
-URL = "http://127.0.0.1:10000/v2/models/diabetes/infer"
+PATH = "/v2/models/diabetes/infer"
+URL = "http://127.0.0.1:10000" + PATH
 TOKEN = "header.payload.signature"  # the access token the proof is presented with
 ATH = b64url(hashlib.sha256(TOKEN.encode()).digest())
 
@@ -54,7 +56,7 @@ def verify(
     clock: Clock | None = None,
     nonces: NonceIssuer | None = None,
     method: str = "POST",
-    uri: str = URL,
+    uri: str | tuple[str, ...] = URL,
     ath: str = ATH,
 ) -> Any:
     v = ProofVerifier(ProofRules(window=60, leeway=5), nonces, clock or Clock())
@@ -184,11 +186,37 @@ def test_uri_normalisation() -> None:
     assert normalize_uri("http://[::1]:8080/x") == "http://[::1]:8080/x"
     assert normalize_uri("http://h:notaport/") is None
     assert normalize_uri("mailto:x@y") is None
-    assert request_uri("https", "gw:8443", "/v2/x") == "https://gw:8443/v2/x"
-    assert request_uri("", "gw", "/v2/x") == "http://gw/v2/x"
-    assert request_uri("http", "internal", "/v2/x", "https://api.example.com/") == (
-        "https://api.example.com/v2/x"
+
+
+def test_origins_are_parsed_strictly_and_normalised() -> None:
+    assert parse_origins("") == ()
+    assert parse_origins(" HTTPS://API.Example.com:443/ , http://127.0.0.1:10000") == (
+        "https://api.example.com",
+        "http://127.0.0.1:10000",
     )
+    assert parse_origins("https://a.test,https://a.test:443") == ("https://a.test",)
+    for bad in (
+        "api.example.com",
+        "ftp://a.test",
+        "https://a.test/prefix",
+        "https://user@a.test",
+        "https://a.test?x=1",
+        "https://a.test:notaport",
+    ):
+        with pytest.raises(ValueError):
+            parse_origins(bad)
+    assert request_uris(("https://a.test", "http://b.test:8080"), "/v2/x") == (
+        "https://a.test/v2/x",
+        "http://b.test:8080/v2/x",
+    )
+
+
+def test_htu_may_name_any_configured_origin_and_no_other(key: Key) -> None:
+    uris = request_uris(("https://api.example.com", "http://127.0.0.1:10000"), PATH)
+    assert verify(proof(key, url="https://api.example.com" + PATH), key, uri=uris).jti
+    assert verify(proof(key, url=URL), key, uri=uris).jti
+    other = proof(key, url="https://evil.example" + PATH)
+    assert reason_of(other, key, uri=uris) is Reason.DPOP_HTU_MISMATCH
 
 
 # 10. the server nonce, when required

@@ -8,9 +8,9 @@ import pytest
 from joserfc.jwk import ECKey, Key
 
 from extauthz.authn.authenticator import Authenticator, TokenAuthenticator
-from extauthz.authn.dev_issuer import DevIssuer, make_proof
 from extauthz.authn.dpop import ProofRules, ProofVerifier
 from extauthz.authn.jwt import JwksSource, JwtVerifier, TokenRules
+from extauthz.dev.issuer import DevIssuer, make_proof
 from extauthz.request import parse_check_request
 from extauthz.response import build_response, challenge
 from extauthz.types import Decision, Denied, Device, Reason, RequestView, Status
@@ -55,7 +55,9 @@ def device() -> Key:
     return ECKey.generate_key("P-256")
 
 
-def authenticator(issuer: DevIssuer, devices: FakeDevices | None = None) -> Authenticator:
+def authenticator(
+    issuer: DevIssuer, devices: FakeDevices | None = None, origin: str = "http://gateway"
+) -> Authenticator:
     issuer.ensure()
     clock = Clock()
     verifier = JwtVerifier(
@@ -66,12 +68,17 @@ def authenticator(issuer: DevIssuer, devices: FakeDevices | None = None) -> Auth
         ProofVerifier(ProofRules(window=60, leeway=5), None, clock),
         devices or FakeDevices(),  # type: ignore[arg-type]
         proof_window=65,
+        origin=origin,
     )
     return Authenticator(NoApiKeys(), tokens)  # type: ignore[arg-type]
 
 
-def view(headers: dict[str, str], path: str = "/v2/models/diabetes/infer") -> RequestView:
-    return parse_check_request(check_request("POST", path, headers=headers), 4096)
+def view(
+    headers: dict[str, str], path: str = "/v2/models/diabetes/infer", host: str = "gateway"
+) -> RequestView:
+    req = check_request("POST", path, headers=headers)
+    req.attributes.request.http.host = host
+    return parse_check_request(req, 4096)
 
 
 async def reason_of(auth: Authenticator, headers: dict[str, str]) -> Reason:
@@ -101,6 +108,37 @@ async def test_jwt_with_dpop_gives_device_and_replay_key(issuer: DevIssuer, devi
     assert p.device.state_key and p.device.replay_key.startswith(f"ea:{{{p.rate_key}}}:jti:")
     assert p.device.replay_ttl == 65
     assert devices.lookups == [("bob", device.thumbprint())]
+
+
+async def test_a_proof_for_another_origin_is_refused_whatever_host_the_client_sends(
+    issuer: DevIssuer, device: Key
+) -> None:
+    """The client names the other origin in Host (Envoy answers every domain): htu is still
+    checked against the configured origins only."""
+    token = issuer.mint("bob", dpop_jkt=device.thumbprint())
+    proof = make_proof(device, "POST", "https://evil.example/v2/models/diabetes/infer", token)
+    headers = {"authorization": f"DPoP {token}", "dpop": proof}
+    with pytest.raises(Denied) as info:
+        await authenticator(issuer).authenticate(view(headers, host="evil.example"))
+    assert info.value.reason is Reason.DPOP_HTU_MISMATCH
+
+
+async def test_dpop_is_refused_without_a_configured_origin(issuer: DevIssuer, device: Key) -> None:
+    token = issuer.mint("bob", dpop_jkt=device.thumbprint())
+    proof = make_proof(device, "POST", URL, token, iat=NOW)  # right for the Host it sends
+    headers = {"authorization": f"DPoP {token}", "dpop": proof}
+    auth = authenticator(issuer, origin="")
+    with pytest.raises(Denied) as info:
+        await auth.authenticate(view(headers))
+    assert info.value.reason is Reason.DPOP_ORIGIN_NOT_CONFIGURED
+    # plain JWTs do not need an origin
+    plain = issuer.mint("alice", ("analyst",), ("vision",))
+    assert (await auth.authenticate(view({"authorization": f"Bearer {plain}"}))).credential == "jwt"
+
+
+def test_a_malformed_origin_stops_the_start(issuer: DevIssuer) -> None:
+    with pytest.raises(ValueError, match="origin"):
+        authenticator(issuer, origin="https://api.example.com/prefix")
 
 
 async def test_a_bound_token_as_bearer_is_refused(issuer: DevIssuer, device: Key) -> None:

@@ -149,7 +149,7 @@ def test_input_has_nothing_volatile() -> None:
 def test_the_documented_schema_matches_what_is_built() -> None:
     import jsonschema
 
-    from extauthz.devstack import ROOT
+    from extauthz.dev.devstack import ROOT
 
     schema = json.loads((ROOT / "rego" / "input.schema.json").read_text())
     bodies = [

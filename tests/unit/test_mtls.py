@@ -9,7 +9,7 @@ import pytest
 
 from extauthz.authn.authenticator import Authenticator
 from extauthz.authn.mtls import CertificateVerifier, MtlsAuthenticator
-from extauthz.certs import cert_pem, issue, new_ca
+from extauthz.dev.certs import cert_pem, issue, new_ca
 from extauthz.handler import CheckHandler
 from extauthz.request import parse_check_request
 from extauthz.types import Denied, Reason, Status

@@ -37,6 +37,30 @@ def test_ok_sets_identity_and_removes_credentials_and_spoofed_headers() -> None:
     }
 
 
+def test_every_spelling_of_our_headers_and_of_credentials_is_removed() -> None:
+    """Defence in depth behind Envoy's REJECT_REQUEST for underscores: a server that folds `_`
+    into `-` (or ignores case) must never read a client's x_extauthz_subject as ours."""
+    decision = Decision(
+        Status.OK, Reason.OK, "d1", upstream_headers=(("x-extauthz-subject", "alice"),)
+    )
+    request_headers = {
+        "x_extauthz_subject": "admin",
+        "x-extauthz_roles": "admin",
+        "X_EXTAUTHZ_DECISION_ID": "forged",
+        "x_api_key": "eak_y",
+        "accept": "*/*",
+        "x_request_note": "kept",  # not ours, not a credential
+    }
+    ok = build_response(decision, request_headers).ok_response
+    assert set(ok.headers_to_remove) == {
+        "x_extauthz_subject",
+        "x-extauthz_roles",
+        "X_EXTAUTHZ_DECISION_ID",
+        "x_api_key",
+    }
+    assert headers_of(ok.headers) == {"x-extauthz-subject": "alice"}
+
+
 def test_denials_have_fixed_generic_bodies() -> None:
     for status, body in BODIES.items():
         resp = build_response(Decision(status, Reason.INTERNAL_ERROR, "d"), {})

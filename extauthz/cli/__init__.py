@@ -1,0 +1,31 @@
+"""extauthz command line: serve, keys, devices, policy, throttle, quarantine, envoy, dev."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from extauthz.cli import dev, devices, keys, policy, serve, throttle
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="extauthz", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    # each command group registers its own parser; this order is the order of --help
+    for register in (
+        serve.register,
+        keys.register,
+        dev.register_envoy,
+        policy.register,
+        dev.register,
+        devices.register,
+        throttle.register,
+        throttle.register_quarantine,
+    ):
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.func(args))

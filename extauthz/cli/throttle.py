@@ -1,0 +1,166 @@
+"""`extauthz throttle` (threat level, risk multipliers) and `extauthz quarantine`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from extauthz.cli.common import parse_duration, when, with_redis
+
+
+def _with_throttle(fn: Callable[[Any], Awaitable[Any]]) -> Any:
+    from extauthz.limits.throttle import ThrottleStore
+
+    return with_redis(
+        lambda redis, s: fn(ThrottleStore(redis, s.source_prefix_v4, s.source_prefix_v6))
+    )
+
+
+def cmd_throttle_set(args: argparse.Namespace) -> int:
+    if (args.level is None) == (args.subject is None):
+        print("give either --level or --subject (with --multiplier)", file=sys.stderr)
+        return 2
+    if args.subject is not None and args.multiplier is None:
+        print("--subject needs --multiplier (e.g. 0.5: half its limits)", file=sys.stderr)
+        return 2
+
+    async def apply(store):  # type: ignore[no-untyped-def]
+        if args.level is not None:
+            return await store.set_threat(args.level, args.ttl, args.reason)
+        return await store.set_risk(args.subject, args.multiplier, args.ttl, args.reason)
+
+    try:
+        result = _with_throttle(apply)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.level is not None:
+        print(f"threat level {result.level} until {when(result.until)}")
+    else:
+        print(f"{args.subject}: limits x {args.multiplier} until {when(result)}")
+    return 0
+
+
+def cmd_throttle_show(args: argparse.Namespace) -> int:
+    async def show(store):  # type: ignore[no-untyped-def]
+        return await store.threat(), await store.risks()
+
+    threat, risks = _with_throttle(show)
+    if threat.level == "normal":
+        print("threat level normal")
+    else:
+        by = f", by {threat.by}" if threat.by else ""
+        print(f"threat level {threat.level} until {when(threat.until)}{by}: {threat.reason}")
+    for r in risks:
+        print(
+            f"subject {r.get('subject', '?')}: limits x {r.get('multiplier', '?')} until "
+            f"{when(int(r.get('until') or 0))}: {r.get('reason', '')}"
+        )
+    return 0
+
+
+def cmd_throttle_clear(args: argparse.Namespace) -> int:
+    done = _with_throttle(
+        lambda store: store.clear_risk(args.subject) if args.subject else store.clear_threat()
+    )
+    what = f"risk multiplier of {args.subject}" if args.subject else "threat level"
+    print(f"{what} cleared" if done else f"no {what} was set")
+    return 0
+
+
+def _quarantine_target(args: argparse.Namespace) -> tuple[str, str]:
+    for kind in ("subject", "device", "prefix"):
+        value = getattr(args, kind)
+        if value:
+            return kind, value
+    raise AssertionError("argparse requires one")
+
+
+def cmd_quarantine_add(args: argparse.Namespace) -> int:
+    kind, target = _quarantine_target(args)
+    try:
+        normalised = _with_throttle(
+            lambda store: store.quarantine(kind, target, args.ttl, args.cause)
+        )
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    print(f"quarantined {kind} {normalised} until {when(int(time.time()) + args.ttl)}")
+    return 0
+
+
+def cmd_quarantine_list(args: argparse.Namespace) -> int:
+    print(f"{'KIND':<9}{'TARGET':<46}{'BY':<6}{'UNTIL':<22}CAUSE")
+    for q in _with_throttle(lambda store: store.quarantines()):
+        until = when(int(q.get("until") or 0))
+        print(
+            f"{q.get('kind', '?'):<9}{q.get('target', '?'):<46}{q.get('by', ''):<6}{until:<22}"
+            f"{q.get('cause', '')}"
+        )
+    return 0
+
+
+def cmd_quarantine_release(args: argparse.Namespace) -> int:
+    kind, target = _quarantine_target(args)
+    try:
+        released = _with_throttle(lambda store: store.release(kind, target))
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not released:
+        print(f"not quarantined: {kind} {target}", file=sys.stderr)
+        return 1
+    print(f"released {kind} {target} (every worker within EXTAUTHZ_OVERLIMIT_CACHE_MAX_AGE)")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    throttle = sub.add_parser(
+        "throttle", help="adaptive throttling: threat level, per-subject risk multipliers"
+    ).add_subparsers(dest="throttle_command", required=True)
+    tset = throttle.add_parser(
+        "set",
+        help="--level L --ttl T: scale every limit by the policy's factor for L (per model "
+        "sensitivity) until T; or --subject S --multiplier M --ttl T: S's own limits x M",
+    )
+    tset.add_argument("--level", choices=("normal", "elevated", "high", "critical"))
+    tset.add_argument("--subject")
+    tset.add_argument("--multiplier", type=float, help="e.g. 0.5: half the subject's limits")
+    tset.add_argument("--ttl", type=parse_duration, required=True, help="e.g. 30m; it reverts")
+    tset.add_argument("--reason", default="", help="recorded with it")
+    tset.set_defaults(func=cmd_throttle_set)
+    throttle.add_parser("show", help="the threat level and risk multipliers in force").set_defaults(
+        func=cmd_throttle_show
+    )
+    tclear = throttle.add_parser("clear", help="back to normal now (or a subject's multiplier)")
+    tclear.add_argument("--subject")
+    tclear.set_defaults(func=cmd_throttle_clear)
+
+
+def register_quarantine(sub: argparse._SubParsersAction) -> None:
+    quarantine = sub.add_parser(
+        "quarantine", help="quarantine subjects, devices or source networks (answered 429)"
+    ).add_subparsers(dest="quarantine_command", required=True)
+    for name, helptext in (
+        ("add", "quarantine one subject, device (thumbprint) or source prefix"),
+        ("release", "end a quarantine now"),
+    ):
+        q = quarantine.add_parser(name, help=helptext)
+        target = q.add_mutually_exclusive_group(required=True)
+        target.add_argument("--subject")
+        target.add_argument("--device", help="a DPoP key thumbprint")
+        target.add_argument(
+            "--prefix", help="an address or prefix; the /24 (IPv6 /56) containing it"
+        )
+        if name == "add":
+            q.add_argument("--ttl", type=parse_duration, default=3600, help="default 1h")
+            q.add_argument("--cause", required=True, help="why (recorded, never sent to clients)")
+            q.set_defaults(func=cmd_quarantine_add)
+        else:
+            q.set_defaults(func=cmd_quarantine_release)
+    quarantine.add_parser("list", help="quarantines in force, with cause").set_defaults(
+        func=cmd_quarantine_list
+    )
