@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from extauthz.devstack import ROOT, Stack
+from extauthz.dev.devstack import ROOT, Stack
 from extauthz.response import BODIES
 from extauthz.types import Status
 from extauthz.v2body import read_body
