@@ -116,6 +116,12 @@ def auth_failure_key(prefix: str, window: int) -> str:
     return f"ea:{{{prefix_tag(prefix)}}}:af:{window}"
 
 
+def policy_denial_key(tag: str, window: int) -> str:
+    """Policy denials of one subject (`sub:<h>`) or source prefix (`pfx:<net>`): a sub-bucketed
+    counter like a window's, beside that tag's quarantine flag."""
+    return f"ea:{{{tag}}}:pd:{window}"
+
+
 THREAT_KEY = "ea:threat"  # the operator-set threat level: a hash {level, reason, by, until}
 
 

@@ -19,7 +19,15 @@ under-admit, never over-admit.
 Before Redis, the local over-limit cache (memory.OverLimitCache) denies in-process what a
 recent reply said is over limit or quarantined. If Redis fails: 503 (fail closed), unless the
 policy says `fail_mode: open` for the model — then the in-process fallback limiter counts, per
-worker (with N workers at most N x limit per window, plus what Redis had already counted).
+worker (with N workers at most N x limit per window, plus what Redis had already counted), and
+enforces from what the worker learned from Redis (known.KnownState): a key or device must have
+been seen active within `fallback_max_age` and not revoked since, known quarantines still hold,
+and a DPoP proof jti this worker has seen is a replay (with several workers a proof cannot be
+checked against the others': refused).
+
+Policy denials count too (policy_denial.lua, one call on the 403 path only): past a limit per
+subject or per source prefix the subject or prefix is quarantined for a short time, and its
+requests are answered in-process (429) before OPA is asked.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ from extauthz.limits.keys import (
     counter_key,
     device_tag,
     dimension_values,
+    hash_tag,
+    policy_denial_key,
     prefix_tag,
     quarantine_key,
     risk_key,
@@ -51,10 +61,19 @@ from extauthz.limits.keys import (
     strike_key,
     subject_tag,
 )
+from extauthz.limits.known import KnownState
 from extauthz.limits.memory import MemoryWindows, OverLimitCache
 from extauthz.limits.throttle import ThreatWatcher
-from extauthz.metrics import LIMITER_FALLBACK, LIMITER_LOCAL, LIMITER_SECONDS, QUARANTINES
+from extauthz.metrics import (
+    DEGRADED,
+    LIMITER_FALLBACK,
+    LIMITER_LOCAL,
+    LIMITER_SECONDS,
+    POLICY_DENIALS,
+    QUARANTINES,
+)
 from extauthz.types import (
+    Decision,
     Denied,
     LimitResult,
     PolicyDecision,
@@ -90,6 +109,12 @@ class LimiterConfig:
     local_cache_max_age: float = 2.0
     threat_factors: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THREAT_FACTORS))
     fallback_size: int = 100_000
+    fallback_max_age: float = 60.0  # a key/device seen active longer ago: refused in fallback
+    single_worker: bool = True  # only then is this worker's memory of DPoP jtis complete
+    policy_denial_limit: int = 60  # per subject and policy_denial_window; 0: not counted
+    policy_denial_prefix_limit: int = 600  # per source prefix; 0: not counted
+    policy_denial_window: int = 60
+    policy_denial_quarantine: int = 60
 
     @classmethod
     def from_settings(cls, s: Any) -> LimiterConfig:
@@ -108,6 +133,12 @@ class LimiterConfig:
             local_cache_size=s.overlimit_cache_size,
             local_cache_max_age=s.overlimit_cache_max_age,
             threat_factors=parse_factors(s.threat_factors),
+            fallback_max_age=s.redis_fallback_max_age,
+            single_worker=s.workers <= 1,
+            policy_denial_limit=s.policy_denial_limit,
+            policy_denial_prefix_limit=s.policy_denial_prefix_limit,
+            policy_denial_window=s.policy_denial_window,
+            policy_denial_quarantine=s.policy_denial_quarantine,
         )
 
 
@@ -163,13 +194,22 @@ class Limiter:
         self._script = redis.register_script(load_lua("check_and_consume.lua"))
         self._refund = redis.register_script(load_lua("refund.lua"))
         self._auth_failure = redis.register_script(load_lua("auth_failure.lua"))
+        self._policy_denial = redis.register_script(load_lua("policy_denial.lua"))
         self.local = OverLimitCache(self._config.local_cache_size, self._config.local_cache_max_age)
         self.fallback = MemoryWindows(self._config.fallback_size)
+        self.known = KnownState(self._config.fallback_size)
         self.threat = threat or ThreatWatcher(redis, clock=clock)
 
-    def observe(self, status: int) -> None:
-        """One decision's outcome, for the denial-rate signal (two integer additions)."""
-        self.threat.record(status)
+    def observe(self, decision: Decision, view: RequestView) -> None:
+        """One decision's outcome, for the automatic threat level: only authenticated,
+        not quarantined decisions count (throttle.RefusedSources)."""
+        principal = decision.principal
+        if principal is None or decision.reason is Reason.QUARANTINED:
+            return
+        status = int(decision.status)
+        if status not in (200, 403, 429):
+            return
+        self.threat.record(hash_tag(principal), self.source_of(view), status != 200)
 
     async def start(self) -> None:
         await self.threat.poll_once()
@@ -226,8 +266,78 @@ class Limiter:
         if int(blocked):
             until = now + int(value) / 1000
             self.local.put(qkey, until, now)
+            self.known.quarantine(qkey, until)
             QUARANTINES.labels("prefix").inc()
             raise _quarantined(until - now, "prefix")
+
+    # ---- policy denials (a tenant must not make the gateway ask OPA without limit)
+    def admit(self, principal: Principal) -> None:
+        """Before the policy, in-process only: a subject this worker knows to be quarantined
+        (e.g. for too many policy denials) gets 429 without an OPA query."""
+        if not self.local:
+            return
+        now = self._clock()
+        until = self.local.until(quarantine_key(subject_tag(principal.subject)), now)
+        if until is not None:
+            LIMITER_LOCAL.labels("quarantine").inc()
+            raise _quarantined(until - now, "subject (local)")
+
+    async def policy_denied(self, view: RequestView, principal: Principal) -> None:
+        """The policy refused a request: count it for the subject and the source prefix (one
+        Redis call on the 403 path only). Raises Denied(429) when one of them is now (or
+        already was) quarantined."""
+        c = self._config
+        pairs = []
+        if c.policy_denial_limit > 0:
+            tag = subject_tag(principal.subject)
+            pairs.append((tag, c.policy_denial_limit, "subject", principal.subject))
+        if c.policy_denial_prefix_limit > 0:
+            prefix = self.source_of(view)
+            pairs.append((prefix_tag(prefix), c.policy_denial_prefix_limit, "prefix", prefix))
+        if not pairs:
+            return
+        now = self._clock()
+        keys: list[str] = []
+        args: list[Any] = [
+            int(now * 1000),
+            SUB_BUCKETS,
+            c.policy_denial_window * 1000,
+            c.policy_denial_quarantine * 1000,
+            f"policy_denials: more than the limit in {c.policy_denial_window} s",
+        ]
+        for tag, limit, kind, target in pairs:
+            keys += [policy_denial_key(tag, c.policy_denial_window), quarantine_key(tag)]
+            args += [limit, kind, target]
+        try:
+            async with asyncio.timeout(self._timeout):
+                if self._cluster:  # one call per pair: each pair shares its tag's slot
+                    replies = await asyncio.gather(
+                        *(
+                            self._policy_denial(
+                                keys=keys[2 * i : 2 * i + 2],
+                                args=args[:5] + args[5 + 3 * i : 8 + 3 * i],
+                            )
+                            for i in range(len(pairs))
+                        )
+                    )
+                    hits = [(i + 1, r) for i, r in enumerate(replies) if int(r[0])]
+                    blocked, value = (hits[0][0], hits[0][1][1]) if hits else (0, 0)
+                else:
+                    blocked, value = await self._policy_denial(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError):
+            POLICY_DENIALS.labels("error").inc()
+            return  # the 403 stands; counting is best effort
+        if not int(blocked):
+            POLICY_DENIALS.labels("counted").inc()
+            return
+        _, _, kind, _ = pairs[int(blocked) - 1]
+        qkey = keys[2 * int(blocked) - 1]
+        until = now + int(value) / 1000
+        self.local.put(qkey, until, now)
+        self.known.quarantine(qkey, until)
+        POLICY_DENIALS.labels("quarantined").inc()
+        QUARANTINES.labels(kind).inc()
+        raise _quarantined(until - now, kind)
 
     # ---- the decision's state check
     async def check(
@@ -408,6 +518,7 @@ class Limiter:
         block: tuple[int, str] | None = None
         for call, raw in zip(calls, replies, strict=True):
             v = int(raw[0])
+            self._learn(plan, call, v, raw, now)
             if v == -1:
                 reason = plan.state[call.state[int(raw[1]) - 1]][1]
                 state_denial = Denied(Status.UNAUTHENTICATED, reason, "state check")
@@ -430,6 +541,7 @@ class Limiter:
                 if int(raw[2]):
                     QUARANTINES.labels("subject").inc()
                     self.local.put(plan.blocks[0][0], now + int(raw[1]) / 1000, now)
+                    self.known.quarantine(plan.blocks[0][0], now + int(raw[1]) / 1000)
             for j, i in enumerate(call.windows):
                 remaining, reset, limit, denied = (int(x) for x in raw[3 + 4 * j : 7 + 4 * j])
                 if refunded and v == 1:
@@ -457,11 +569,53 @@ class Limiter:
             detail=detail,
         )
 
+    def _learn(self, plan: _Plan, call: _Call, v: int, raw: list[Any], now: float) -> None:
+        """Remember what Redis said of states, quarantines and jtis, for the fallback."""
+        known = self.known
+        checked = call.state if v != -1 else call.state[: int(raw[1]) - 1]
+        for i in checked:
+            known.confirm(plan.state[i][0], now)
+        if v == -1:
+            known.revoke(plan.state[call.state[int(raw[1]) - 1]][0], now)
+        elif v == -3:
+            known.quarantine(plan.blocks[call.blocks[int(raw[1]) - 1]][0], now + int(raw[2]) / 1000)
+        elif v in (-2, 0, 1):  # the single-use keys were set (or already were: a replay)
+            for key in call.singles:
+                known.spend(key, now + plan.single_ttl_ms / 1000)
+
     def _fallback(self, plan: _Plan, now_ms: int) -> LimitResult:
-        """Redis is down and the model is fail-open: count in this worker's memory."""
+        """Redis is down and the model is fail-open: enforce what this worker knows of states,
+        quarantines and jtis (else refuse), then count in its memory."""
+        now = now_ms / 1000
+        known, c = self.known, self._config
+        for key, kind in plan.blocks:
+            until = known.quarantined_until(key, now)
+            if until is not None:
+                DEGRADED.labels("redis", "quarantined").inc()
+                raise _quarantined(until - now, f"{kind} (fallback)")
+        for key, reason in plan.state:
+            active = known.is_active(key, now, c.fallback_max_age)
+            if active is False:
+                DEGRADED.labels("redis", "revoked").inc()
+                raise Denied(Status.UNAUTHENTICATED, reason, "fallback: known revoked")
+            if active is None:
+                DEGRADED.labels("redis", "state_unknown").inc()
+                raise Denied(
+                    Status.UNAVAILABLE, Reason.REDIS_UNAVAILABLE, "fallback: state unknown"
+                )
+        for key in plan.singles:
+            if not c.single_worker:
+                DEGRADED.labels("redis", "replay_unknown").inc()
+                raise Denied(Status.UNAVAILABLE, Reason.REDIS_UNAVAILABLE, "fallback: jti")
+            if known.replayed(key, now):
+                DEGRADED.labels("redis", "replay").inc()
+                raise Denied(Status.UNAUTHENTICATED, Reason.DPOP_REPLAY, "fallback")
         windows = [(w.key, w.window.limit, w.window.window * 1000) for w in plan.windows]
         admitted, verdicts = self.fallback.check(windows, now_ms, SUB_BUCKETS)
         LIMITER_FALLBACK.labels("allowed" if admitted else "denied").inc()
+        DEGRADED.labels("redis", "served" if admitted else "rate_limited").inc()
+        for key in plan.singles:  # a proof is good for one attempt, as in Redis
+            known.spend(key, now + plan.single_ttl_ms / 1000)
         states = tuple(
             WindowState(
                 w.window, max(0, limit - v.used - (1 if admitted else 0)), _ceil_s(v.reset_ms)
