@@ -52,17 +52,37 @@ class Threat:
     until: int = 0  # epoch s; 0 when normal
 
 
+class _Sources:
+    """Distinct sources, each credential and each network prefix counted at most once: a
+    (credential, prefix) pair counts only if neither was counted before in the window (a
+    greedy matching), so neither many keys from one network nor one key from many networks
+    makes more than one source. Bounded: at most `cap` sources a window."""
+
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._credentials: set[str] = set()
+        self._prefixes: set[str] = set()
+
+    def add(self, credential: str, prefix: str) -> None:
+        if len(self._credentials) >= self._cap:
+            return
+        if credential in self._credentials or prefix in self._prefixes:
+            return
+        self._credentials.add(credential)
+        self._prefixes.add(prefix)
+
+    def __len__(self) -> int:
+        return len(self._credentials)
+
+
 class RefusedSources:
     """The signal that raises the threat level automatically: within a window, the distinct
     authenticated sources this worker saw, and those it refused (403, or 429 by their own
     windows). Only trusted traffic counts: a source is a credential that authenticated and
-    was not quarantined, and the network prefix it came from. Each credential and each prefix
-    counts once per window however often it is refused, and the number of sources is the
-    smaller of the two counts, so neither many keys from one network nor one key from many
-    networks makes many sources. Unauthenticated (401) and quarantined requests never count.
+    was not quarantined, with the network prefix it came from, each counted once (_Sources).
+    Unauthenticated (401) and quarantined requests never count.
 
-    Recording is two set insertions a decision; the sets hold at most `max_tracked` each per
-    window (beyond it the counts are lower bounds). Read only by the watcher, off the path."""
+    Recording is a few set lookups a decision; read only by the watcher, off the path."""
 
     def __init__(
         self,
@@ -76,14 +96,12 @@ class RefusedSources:
         self._clock = clock
         self._max = max_tracked
         self._started = clock()
-        self._seen: tuple[set[str], set[str]] = (set(), set())  # credentials, prefixes
-        self._refused: tuple[set[str], set[str]] = (set(), set())
+        self._seen, self._refused = _Sources(max_tracked), _Sources(max_tracked)
 
     def record(self, credential: str, prefix: str, refused: bool) -> None:
-        for sets in (self._seen, self._refused) if refused else (self._seen,):
-            for found, value in zip(sets, (credential, prefix), strict=True):
-                if len(found) < self._max:
-                    found.add(value)
+        self._seen.add(credential, prefix)
+        if refused:
+            self._refused.add(credential, prefix)
 
     def take(self) -> tuple[float, int] | None:
         """(refused share of sources, refused sources) once a window has passed with at least
@@ -91,13 +109,12 @@ class RefusedSources:
         now = self._clock()
         if now - self._started < self._window:
             return None
-        seen = min(len(s) for s in self._seen)
-        refused = min(len(s) for s in self._refused)
+        seen, refused = len(self._seen), len(self._refused)
         self._started = now
-        self._seen, self._refused = (set(), set()), (set(), set())
+        self._seen, self._refused = _Sources(self._max), _Sources(self._max)
         if refused < max(1, self._min):
             return None
-        return refused / seen, refused
+        return refused / max(seen, refused), refused
 
 
 @dataclass(frozen=True, slots=True)
