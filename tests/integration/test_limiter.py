@@ -489,7 +489,8 @@ async def test_redis_unreachable_fails_closed_unless_the_model_is_fail_open(
 ) -> None:
     dead = redis_client(Settings(redis_url="redis://127.0.0.1:1/0", redis_timeout=0.2))
     lim = Limiter(dead, timeout=0.2, clock=clock)
-    p = Principal("a", (), (), "t", "api_key", "x", "ea:{key:x}:key")
+    # a JWT: no key or device state to vouch for (test_redis_fallback.py covers those)
+    p = Principal("a", (), (), "t", "jwt", "x")
     with pytest.raises(Denied) as info:
         await lim.check(p, MINUTE5, view(), policy(MINUTE5))
     assert info.value.status is Status.UNAVAILABLE and info.value.reason is Reason.REDIS_UNAVAILABLE
@@ -507,7 +508,7 @@ async def test_a_hung_redis_never_holds_a_decision_past_the_budget(clock: Clock)
     port = server.sockets[0].getsockname()[1]
     hung = redis_client(Settings(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.15))
     lim = Limiter(hung, timeout=0.15, clock=clock)
-    p = Principal("a", (), (), "t", "api_key", "x", "ea:{key:x}:key")
+    p = Principal("a", (), (), "t", "jwt", "x")
     for fail_mode in ("closed", "open"):
         started = time.perf_counter()
         try:
