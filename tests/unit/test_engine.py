@@ -175,3 +175,29 @@ def test_fallback_from_policy_is_defensive() -> None:
     )
     assert fb.open_models == {"iris": frozenset({"infer"})}
     assert fb.tiers == {"t": (Window("m", 1, 60),)}
+
+
+async def test_shadow_holds_at_most_its_bytes_of_waiting_inputs(tmp_path: Path) -> None:
+    """Finding 3: inputs waiting for a candidate evaluation are bounded by bytes, not count."""
+    opa = FakeOpa({"": ALLOW, "cand": DENY})
+    shadow = Shadow(opa, "cand", 1.0, tmp_path / "s.log", DecisionCache(10), max_bytes=1000)  # type: ignore[arg-type]
+    for i in range(10):  # 400 bytes each: only two fit
+        shadow.submit("r", bytes([i]), {"i": i}, ALLOW, 400)
+    assert len(shadow._tasks) == 2 and shadow.bytes == 800
+    await shadow.drain()
+    assert shadow.bytes == 0 and opa.calls.count("cand") == 2
+
+
+async def test_shadow_log_rotates_at_its_size(tmp_path: Path) -> None:
+    opa = FakeOpa({"": ALLOW, "cand": DENY})
+    log = tmp_path / "s.log"
+    shadow = Shadow(opa, "cand", 1.0, log, DecisionCache(10), log_max_bytes=2000)  # type: ignore[arg-type]
+    for i in range(20):
+        shadow.submit("r", bytes([i]), {"pad": "x" * 300, "i": i}, ALLOW, 300)
+        await shadow.drain()
+    assert log.stat().st_size <= 2000
+    assert (tmp_path / "s.log.1").stat().st_size <= 2000
+    assert (
+        len(log.read_text().splitlines()) + len((tmp_path / "s.log.1").read_text().splitlines())
+        < 20
+    )
