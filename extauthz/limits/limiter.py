@@ -25,9 +25,9 @@ been seen active within `fallback_max_age` and not revoked since, known quaranti
 and a DPoP proof jti this worker has seen is a replay (with several workers a proof cannot be
 checked against the others': refused).
 
-Policy denials count too (guard.py, policy_denial.lua: one call on the 403 path only): past a limit per
-subject or per source prefix the subject or prefix is quarantined for a short time, and its
-requests are answered in-process (429) before OPA is asked.
+Failed authentications and policy denials count against their sources in guard.py (one call on
+the 401 / 403 path only); past a limit the source is quarantined, and this worker answers its
+requests in-process (429) before authentication or before OPA is asked.
 """
 
 from __future__ import annotations
