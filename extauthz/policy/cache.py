@@ -24,11 +24,15 @@ from extauthz.types import PolicyDecision
 ENTRY_OVERHEAD = 360
 
 
-def input_digest(policy_input: dict[str, Any]) -> bytes:
-    """A compact key for a policy input: SHA-256 of its canonical JSON (sorted keys), so equal
-    inputs share a key whatever their dict order, and a 60 KB input costs 32 bytes."""
-    canonical = json.dumps(policy_input, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).digest()
+def canonical_input(policy_input: dict[str, Any]) -> str:
+    """The input's canonical JSON (sorted keys, no spaces): equal inputs, equal text."""
+    return json.dumps(policy_input, sort_keys=True, separators=(",", ":"))
+
+
+def input_digest(policy_input: dict[str, Any], canonical: str = "") -> bytes:
+    """A compact key for a policy input: SHA-256 of its canonical JSON, so equal inputs share
+    a key whatever their dict order, and a 60 KB input costs 32 bytes."""
+    return hashlib.sha256((canonical or canonical_input(policy_input)).encode()).digest()
 
 
 def weigh(value: object, _seen: set[int] | None = None) -> int:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import replace
 
 from extauthz.metrics import DEGRADED, FAIL_OPEN
-from extauthz.policy.cache import DecisionCache
+from extauthz.policy.cache import DecisionCache, canonical_input, input_digest
 from extauthz.policy.input import build_input
 from extauthz.policy.opa import OpaClient
 from extauthz.policy.revision import RevisionWatcher
@@ -32,8 +30,8 @@ class PolicyEngine:
     async def decide(self, view: RequestView, principal: Principal) -> PolicyDecision:
         policy_input = build_input(view, principal)
         # The input holds nothing volatile: its canonical JSON's digest is the cache key.
-        canonical = json.dumps(policy_input, sort_keys=True, separators=(",", ":"))
-        key = hashlib.sha256(canonical.encode()).digest()
+        canonical = canonical_input(policy_input)
+        key = input_digest(policy_input, canonical)
         revision = self._watcher.current()
         if revision is not None:
             self._last_revision = revision
