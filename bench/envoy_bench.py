@@ -8,6 +8,13 @@ local replies) and the same two routes; only `http_filters` differ:
     B  ext_authz → bench/trivial_authz.py → router   (the Python gRPC floor)
     C  ext_authz → extauthz → router                 (the full decision)
     D  ext_authz → Go OPA peer, ratelimit → envoyproxy/ratelimit → router
+    E  jwt_authn → rbac → local_ratelimit → router   (Envoy's own C++ filters, no external hop)
+
+E is the nearest decision Envoy makes alone: the dev issuer's JWT verified against a local JWKS
+(issuer, audience, expiry), RBAC on the token's roles and projects and on the method and path
+(an analyst of project vision may POST to digits), and a token bucket of the `bench` tier's size.
+It has no API keys, revocation, device binding, per-credential windows or decision log: it is
+the floor of what a C++ in-process decision costs, not an equivalent of C.
 
 Routes: POST /v2/models/digits/infer goes to MLServer (the `model` route); the same request with
 an `x-bench-sink` header goes to the `sink` route: an upstream that is another listener of the
@@ -117,6 +124,97 @@ def _ratelimit(cluster: str) -> dict[str, Any]:
             },
         },
     }
+
+
+def _native(jwks_file: Path, issuer: str, audience: str) -> list[dict[str, Any]]:
+    """Path E's filters: Envoy's own JWT verification, RBAC and a local token bucket."""
+    jwt_meta = {"filter": "envoy.filters.http.jwt_authn", "path": [{"key": "jwt_payload"}]}
+
+    def claim_has(claim: str, value: str) -> dict[str, Any]:
+        path = [*jwt_meta["path"], {"key": claim}]
+        match = {"list_match": {"one_of": {"string_match": {"exact": value}}}}
+        return {"metadata": {"filter": jwt_meta["filter"], "path": path, "value": match}}
+
+    return [
+        {
+            "name": "envoy.filters.http.jwt_authn",
+            "typed_config": {
+                "@type": _T + "filters.http.jwt_authn.v3.JwtAuthentication",
+                "providers": {
+                    "dev": {
+                        "issuer": issuer,
+                        "audiences": [audience],
+                        "local_jwks": {"filename": str(jwks_file)},
+                        "payload_in_metadata": "jwt_payload",
+                        "forward": False,
+                    }
+                },
+                "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "dev"}}],
+            },
+        },
+        {
+            "name": "envoy.filters.http.rbac",
+            "typed_config": {
+                "@type": _T + "filters.http.rbac.v3.RBAC",
+                "rules": {
+                    "action": "ALLOW",
+                    "policies": {
+                        "analyst-vision-infer": {
+                            "permissions": [
+                                {
+                                    "and_rules": {
+                                        "rules": [
+                                            {
+                                                "header": {
+                                                    "name": ":method",
+                                                    "string_match": {"exact": "POST"},
+                                                }
+                                            },
+                                            {
+                                                "url_path": {
+                                                    "path": {"exact": "/v2/models/digits/infer"}
+                                                }
+                                            },
+                                        ]
+                                    }
+                                }
+                            ],
+                            "principals": [
+                                {
+                                    "and_ids": {
+                                        "ids": [
+                                            claim_has("roles", "analyst"),
+                                            claim_has("projects", "vision"),
+                                        ]
+                                    }
+                                }
+                            ],
+                        }
+                    },
+                },
+            },
+        },
+        {
+            "name": "envoy.filters.http.local_ratelimit",
+            "typed_config": {
+                "@type": _T + "filters.http.local_ratelimit.v3.LocalRateLimit",
+                "stat_prefix": "bench_e",
+                "token_bucket": {
+                    "max_tokens": 10_000_000,
+                    "tokens_per_fill": 10_000_000,
+                    "fill_interval": "60s",
+                },
+                "filter_enabled": {
+                    "runtime_key": "bench_e_rl_enabled",
+                    "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                },
+                "filter_enforced": {
+                    "runtime_key": "bench_e_rl_enforced",
+                    "default_value": {"numerator": 100, "denominator": "HUNDRED"},
+                },
+            },
+        },
+    ]
 
 
 _ROUTER = {
@@ -289,7 +387,9 @@ def bench_config(
     ratelimit_port: int | None,
     max_body_bytes: int,
     access_log_dir: Path,
+    native_jwt: tuple[Path, str, str] | None = None,
 ) -> dict[str, Any]:
+    """`native_jwt` (JWKS file, issuer, audience) enables path E."""
     guards: dict[str, list[dict[str, Any]]] = {
         "A": [],
         "B": [_ext_authz("trivial_authz", max_body_bytes)],
@@ -307,6 +407,8 @@ def bench_config(
         if ratelimit_port is not None:
             guards["D"].append(_ratelimit("ratelimit"))
             clusters.append(_cluster("ratelimit", ratelimit_port, h2=True))
+    if native_jwt is not None:
+        guards["E"] = _native(*native_jwt)
     out_listeners = [_sink_listener(sink_port)]
     for name, port in listeners.items():
         hcm = _hcm(

@@ -5,11 +5,20 @@
     .venv/bin/python -m bench.gate --runs 5            # measure 5 times, print the spread
 
 No model server and no Go peers (a short start): Envoy → sink route through A (no ext_authz),
-B (trivial Python authz) and C (extauthz), `ROUNDS` rounds with the path order rotated. Only
-ratios between paths of the same run are compared, each the median of its per-round values, so
-a slower or busier machine moves numerator and denominator together. Absolute times are printed
-for context only. `tests/bench_gate/` runs the gate in `make test`, and shows it failing on an
-injected slowdown.
+B (trivial Python authz) and C (extauthz), `ROUNDS` rounds with the path order rotated.
+
+Gated: only figures that carry over between processors — extauthz (C) against the trivial
+Python authz (B), both Python on grpc.aio, measured interleaved in the same run:
+- `c1_added_p50_C_over_B`: latency each adds over Envoy alone at concurrency 1, (C−A)/(B−A).
+  Subtracting A removes Envoy's C++ share, whose speed relative to Python differs by processor
+  (an AMD and an Intel machine gave C/A 3.8 and 6.4–8.1 for the same code).
+- `c8_cpu_per_request_C_over_B`: CPU time the guard process spends per request at concurrency 8
+  (from /proc/<pid>/task/*/schedstat, ns resolution). CPU time, unlike wall time, hardly moves
+  when another process competes for the cores.
+- `c8_rps_B_over_C`: throughput at concurrency 8.
+Each is the median of its per-round values. C/A and the absolute figures are reported, never
+gated. Every measurement records the CPU model. `tests/bench_gate/` runs the gate in
+`make test`, and shows it failing on injected slowdowns.
 
 Refresh the baseline deliberately, after a change that is meant to move the numbers (and say so
 in the commit): `python -m bench.gate --update-baseline`, then commit bench/baseline.json.
@@ -19,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -29,24 +39,32 @@ from statistics import median
 from typing import Any
 
 from bench.envoy_bench import SINK_HEADER
+from bench.facts import _cpu_model
 from bench.load import h2load, percentile
 from bench.procs import DIGITS_PATH, BenchStack, Peers
 from tests.e2e.payloads import DIGITS
 
 BASELINE = Path(__file__).resolve().parent / "baseline.json"
 ROUNDS = 10
-REQUESTS = {1: 200, 8: 500}
-# ratio name → what it is; larger always means "C got slower relative to its floor"
+REQUESTS = {1: 200, 8: 1500}
+# ratio name → what it is; larger always means "C got slower relative to B"
 RATIOS = {
-    "c1_p50_C_over_B": "p50 latency, C / B, concurrency 1",
-    "c1_p50_C_over_A": "p50 latency, C / A, concurrency 1",
+    "c1_added_p50_C_over_B": "p50 latency added over Envoy alone, (C-A) / (B-A), concurrency 1",
+    "c8_cpu_per_request_C_over_B": "guard CPU time per request, C / B, concurrency 8",
     "c8_rps_B_over_C": "throughput, B / C, concurrency 8",
 }
-# Measured spread (max/min of a ratio over 5 gate runs, twice, on the shared 2-core machine):
-# C/B 1.16-1.33, C/A 1.16-1.25 (A's ~0.4 ms p50 is small and noisy), B/C throughput 1.10-1.20.
-# Tolerances sit above that noise: a 1 ms slower handler (C/B about +85 %) fails every time,
-# a 0.3 ms one (+20 %) may pass; `make bench` is the instrument for smaller changes.
-TOLERANCE = {"c1_p50_C_over_B": 0.40, "c1_p50_C_over_A": 0.50, "c8_rps_B_over_C": 0.40}
+# Reported for context, never gated: they depend on the processor (Python vs Envoy's C++).
+REPORTED = {
+    "c1_p50_C_over_B": "p50 latency, C / B, concurrency 1",
+    "c1_p50_C_over_A": "p50 latency, C / A, concurrency 1",
+}
+# Tolerances: measured noise (bench/baseline.json "spread_over_runs", quiet and with a CPU hog
+# on one core) plus room for another processor; the self-test proves what they still catch.
+TOLERANCE = {
+    "c1_added_p50_C_over_B": 0.35,
+    "c8_cpu_per_request_C_over_B": 0.25,
+    "c8_rps_B_over_C": 0.40,
+}
 DEFAULT_TOLERANCE = 0.25
 
 
@@ -54,6 +72,17 @@ DEFAULT_TOLERANCE = 0.25
 class Verdict:
     ok: bool
     lines: list[str]
+
+
+def cpu_ns(pid: int) -> int:
+    """CPU time (ns) the process has used so far, summed over its live threads."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):  # a thread that just ended
+            continue
+    return total
 
 
 def measure(
@@ -65,10 +94,13 @@ def measure(
     bs = BenchStack(
         run_dir, model=False, peers=Peers("", False, []), extauthz_delay_us=extauthz_delay_us
     )
-    per_round: dict[str, list[float]] = {name: [] for name in RATIOS}
+    per_round: dict[str, list[float]] = {name: [] for name in {**RATIOS, **REPORTED}}
     absolute: dict[str, list[float]] = {}
     try:
         bs.up()
+        pids = {"B": bs.pid("trivial_authz"), "C": bs.pid("extauthz")}
+        if None in pids.values():
+            raise RuntimeError(f"no pid for a guard: {pids}")
         body = json.dumps(DIGITS).encode()
         headers = {
             "authorization": f"Bearer {bs.key}",
@@ -92,35 +124,50 @@ def measure(
                 p50[path] = percentile(sorted(run.latencies_us), 50)
                 absolute.setdefault(f"c1_p50_us_{path}", []).append(p50[path])
             rps: dict[str, float] = {}
+            cpu_us: dict[str, float] = {}
             for path in order[::-1]:
                 if path == "A":
                     continue
+                before = cpu_ns(pids[path])
                 run = h2load(
                     url(path), concurrency=8, requests=REQUESTS[8], headers=headers, body=body
                 )
+                cpu_us[path] = (cpu_ns(pids[path]) - before) / 1000 / REQUESTS[8]
                 _check(run.statuses, path)
                 rps[path] = run.rps
                 absolute.setdefault(f"c8_rps_{path}", []).append(run.rps)
+                absolute.setdefault(f"c8_cpu_us_per_request_{path}", []).append(cpu_us[path])
+            added_b = max(p50["B"] - p50["A"], 1.0)
+            per_round["c1_added_p50_C_over_B"].append((p50["C"] - p50["A"]) / added_b)
+            per_round["c8_cpu_per_request_C_over_B"].append(cpu_us["C"] / cpu_us["B"])
+            per_round["c8_rps_B_over_C"].append(rps["B"] / rps["C"])
             per_round["c1_p50_C_over_B"].append(p50["C"] / p50["B"])
             per_round["c1_p50_C_over_A"].append(p50["C"] / p50["A"])
-            per_round["c8_rps_B_over_C"].append(rps["B"] / rps["C"])
     finally:
         bs.down()
         shutil.rmtree(run_dir, ignore_errors=True)
     result = {
-        "ratios": {k: round(median(v), 4) for k, v in per_round.items()},
+        "cpu_model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "ratios": {k: round(median(per_round[k]), 4) for k in RATIOS},
+        "reported": {k: round(median(per_round[k]), 4) for k in REPORTED},
         "per_round": {k: [round(x, 4) for x in v] for k, v in per_round.items()},
         "absolute": {k: round(median(v), 1) for k, v in absolute.items()},
         "seconds": round(time.monotonic() - started, 1),
         "extauthz_delay_us": extauthz_delay_us,
     }
-    log(f"gate measured in {result['seconds']} s: {result['ratios']}")
+    log(f"gate measured in {result['seconds']} s on {result['cpu_model']}: {result['ratios']}")
+    log(f"  reported, not gated: {result['reported']}")
     log(f"  absolute, for context: {result['absolute']}")
     return result
 
 
 def _check(statuses: dict[int, int], path: str) -> None:
-    if set(statuses) != {200}:
+    """Every answer a 200, but for a rare 503 when a loaded machine blows a fail-closed budget
+    (Redis 0.1 s, OPA 0.25 s): more than 1 % is an error, not a measurement."""
+    total = sum(statuses.values())
+    unexpected = {s: n for s, n in statuses.items() if s != 200}
+    if set(unexpected) - {503} or sum(unexpected.values()) > total / 100:
         raise RuntimeError(f"path {path}: statuses {statuses}")
 
 
@@ -152,6 +199,16 @@ def compare(measured: dict[str, float], baseline: dict[str, Any]) -> Verdict:
     return Verdict(ok, lines)
 
 
+def gate(log: Any = print, baseline: dict[str, Any] | None = None) -> Verdict:
+    """Measure and compare; on a shared machine a regression must show twice, not once."""
+    baseline = baseline if baseline is not None else load_baseline()
+    verdict = compare(measure(log=log)["ratios"], baseline)
+    if not verdict.ok:
+        log("\n".join(verdict.lines) + "\nre-measuring once")
+        verdict = compare(measure(log=log)["ratios"], baseline)
+    return verdict
+
+
 def load_baseline(path: Path = BASELINE) -> dict[str, Any]:
     return json.loads(path.read_text())
 
@@ -169,14 +226,15 @@ def update_baseline(runs: int, path: Path = BASELINE) -> dict[str, Any]:
         }
         for k in RATIOS
     }
-    previous = load_baseline(path) if path.exists() else {}
     doc = {
         "about": "Ratios the CI gate (bench/gate.py) compares against; refresh deliberately with "
         "`python -m bench.gate --update-baseline` and commit the file.",
         "refreshed": time.strftime("%Y-%m-%d"),
+        "cpu_model": results[0]["cpu_model"],
         "ratios": ratios,
-        "tolerance": previous.get("tolerance", TOLERANCE),
+        "tolerance": TOLERANCE,
         "spread_over_runs": {"runs": runs, **spread},
+        "reported_for_context": results[len(results) // 2]["reported"],
         "absolute_for_context": results[len(results) // 2]["absolute"],
     }
     path.write_text(json.dumps(doc, indent=1) + "\n")
@@ -190,23 +248,31 @@ def main() -> None:
     parser.add_argument("--update-baseline", action="store_true")
     parser.add_argument("--runs", type=int, default=1, help="measurements (baseline: default 3)")
     parser.add_argument("--baseline", type=Path, default=BASELINE)
+    parser.add_argument("--json", type=Path, help="append each measurement as a JSON line here")
+    parser.add_argument(
+        "--delay-us", type=int, default=0, help="burn this much CPU per Check (self-test only)"
+    )
     args = parser.parse_args()
     if args.update_baseline:
         doc = update_baseline(max(args.runs, 3), args.baseline)
         print(json.dumps(doc, indent=1))
         return
     baseline = load_baseline(args.baseline)
-    results = [measure() for _ in range(args.runs)]
-    if args.runs > 1:
-        for k in RATIOS:
-            values = [r["ratios"][k] for r in results]
-            print(f"spread {k}: {values} max/min {max(values) / min(values):.3f}")
-    verdict = compare(results[-1]["ratios"], baseline)
-    if not verdict.ok:  # on a shared machine a regression must show twice, not once
-        print("\n".join(verdict.lines) + "\nre-measuring once")
-        verdict = compare(measure()["ratios"], baseline)
-    print("\n".join(verdict.lines))
-    sys.exit(0 if verdict.ok else 1)
+    if args.runs == 1 and not args.json and not args.delay_us:
+        verdict = gate(baseline=baseline)
+        print("\n".join(verdict.lines))
+        sys.exit(0 if verdict.ok else 1)
+    failures = 0
+    for _ in range(args.runs):
+        result = measure(extauthz_delay_us=args.delay_us)
+        verdict = compare(result["ratios"], baseline)
+        failures += not verdict.ok
+        print("\n".join(verdict.lines))
+        if args.json:
+            with args.json.open("a") as out:
+                out.write(json.dumps({**result, "ok": verdict.ok}) + "\n")
+    print(f"{failures} of {args.runs} single measurements over the limits")
+    sys.exit(0 if failures == 0 else 1)
 
 
 if __name__ == "__main__":

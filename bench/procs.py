@@ -140,6 +140,7 @@ class BenchStack:
         self.listener_ports: dict[str, int] = {}
         self.key = ""
         self.key_id = ""
+        self.jwt = ""
         self._procs: list[Proc] = []
         self.logs = run_dir / "logs"
 
@@ -157,6 +158,8 @@ class BenchStack:
                     prepare()
                 self._start(self._slowed_extauthz())
             self.key, self.key_id = self._create_key()
+            # path E's credential: a dev-issuer JWT Envoy verifies itself (long enough for a run)
+            self.jwt = self.stack.dev_issuer.mint("bench", ("analyst",), ("vision",), "bench", 7200)
             self._start(self._trivial())
             if self.peers.authz:
                 self._write_peer_data()
@@ -294,7 +297,7 @@ class BenchStack:
     def _envoy(self) -> Proc:
         from bench.envoy_bench import bench_config
 
-        paths = ["A", "B", "C"] + (["D"] if self.peers.authz else [])
+        paths = ["A", "B", "C"] + (["D"] if self.peers.authz else []) + ["E"]
         self.listener_ports = dict(zip(paths, free_ports(len(paths)), strict=True))
         config = bench_config(
             listeners=self.listener_ports,
@@ -307,6 +310,11 @@ class BenchStack:
             ratelimit_port=self.rl_grpc_port if self.peers.ratelimit else None,
             max_body_bytes=self.settings.max_body_bytes,
             access_log_dir=self.logs,
+            native_jwt=(
+                Path(self.stack.jwks_location),
+                self.settings.jwt_issuer,
+                self.settings.jwt_audience,
+            ),
         )
         path = self.run_dir / "envoy-bench.json"
         path.write_text(json.dumps(config, indent=1))

@@ -15,6 +15,8 @@ from typing import Any
 
 _ENTRY = ("(extauthz/cli.py)", "(extauthz/__main__.py)")
 OUTSIDE = "(gRPC server / event loop, outside extauthz code)"
+# a frame only the event-loop thread has: asyncio's loop, or the runner when uvloop (C) runs it
+_LOOP_FRAMES = ("(asyncio/base_events.py)", "(asyncio/runners.py)")
 _FRAME = re.compile(r"^(?P<name>.*) \((?P<file>[^()]*?)(?::\d+)?\)$")
 
 
@@ -49,7 +51,7 @@ def summarise_raw(text: str, top: int = 10) -> dict[str, Any]:
         frames = [frame_key(f) for f in parts if f]
         # Only the event-loop thread runs decisions; the others (decision-log writer, metrics
         # server, gRPC's poller) mostly wait, which py-spy cannot always tell from work.
-        if not frames or not any("asyncio/base_events.py" in f for f in frames):
+        if not frames or not any(f.endswith(_LOOP_FRAMES) for f in frames):
             other_threads += count
             continue
         total += count

@@ -2,7 +2,10 @@
 server (same grpcio, same server options, health service) but with no decision logic — the
 floor any Python ext_authz pays for Envoy's gRPC round trip.
 
-    python -m bench.trivial_authz --port 9192 [--delay-us N]
+    python -m bench.trivial_authz --port 9192 [--delay-us N] [--event-loop auto|uvloop|asyncio]
+
+It runs on the event loop extauthz runs on (EXTAUTHZ_EVENT_LOOP, default: uvloop when
+installed), so B against C compares decision work, not event loops.
 
 --delay-us burns N µs of CPU per Check (the gate's self-test only; never in a measured run).
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import time
 
@@ -19,6 +23,8 @@ from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse, OkHttpResponse
 from google.rpc import status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from extauthz.server import run_on_loop
 
 _ALLOW = CheckResponse(status=status_pb2.Status(code=0), ok_response=OkHttpResponse())
 
@@ -59,8 +65,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay-us", type=int, default=0)
+    parser.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default=os.environ.get("EXTAUTHZ_EVENT_LOOP", "auto"),
+    )
     args = parser.parse_args()
-    asyncio.run(serve(args.port, args.delay_us))
+    run_on_loop(serve(args.port, args.delay_us), args.event_loop)
 
 
 if __name__ == "__main__":

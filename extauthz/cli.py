@@ -37,7 +37,7 @@ def _csv(text: str) -> tuple[str, ...]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from extauthz.server import serve, supervise
+    from extauthz.server import run, supervise
 
     settings = load_settings()
     logging.basicConfig(
@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = args.workers or settings.workers
     if args.worker_index is None and workers > 1:
         return supervise(settings, workers)
-    asyncio.run(serve(settings, worker=args.worker_index is not None))
+    run(settings, worker=args.worker_index is not None)
     return 0
 
 

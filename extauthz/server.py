@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Coroutine
+from typing import Any
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
@@ -65,6 +67,25 @@ async def serve(settings: Settings, worker: bool = False) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=5)
     await service.close()
+
+
+def run(settings: Settings, worker: bool = False) -> None:
+    """Run one service process to completion on the configured event loop."""
+    run_on_loop(serve(settings, worker), settings.event_loop)
+
+
+def run_on_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:
+    """asyncio.run on uvloop (`uvloop`, or `auto` when installed) or the standard loop."""
+    if event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if event_loop == "uvloop":
+                raise
+        else:
+            uvloop.run(main)
+            return
+    asyncio.run(main)
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec

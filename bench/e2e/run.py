@@ -39,6 +39,7 @@ PATH_NAMES = {
     "B": "Envoy → trivial Python grpc.aio authz",
     "C": "Envoy → extauthz (API key, full decision)",
     "D": "Envoy → Go OPA authz + ratelimit filter → envoyproxy/ratelimit",
+    "E": "Envoy's own jwt_authn + rbac + local_ratelimit (JWT, no external hop)",
 }
 ROUTES = ("model", "sink")
 DEFAULT_REQUESTS = {1: 300, 8: 1200, 32: 2400}
@@ -52,19 +53,34 @@ def body_and_headers(key: str, route: str) -> tuple[bytes, dict[str, str]]:
     return json.dumps(DIGITS).encode(), headers
 
 
+def request_for(bs: BenchStack, path: str, route: str) -> tuple[bytes, dict[str, str]]:
+    """The same request on every path; E carries the JWT Envoy verifies instead of the key."""
+    body, headers = body_and_headers(bs.key, route)
+    if path == "E":
+        headers["authorization"] = f"Bearer {bs.jwt}"
+    return body, headers
+
+
+def _tampered(authorization: str) -> str:
+    """The credential with one character in its middle changed (a JWT: inside the signature)."""
+    at = len(authorization) - 20
+    return authorization[:at] + ("A" if authorization[at] != "A" else "B") + authorization[at + 1 :]
+
+
 def smoke(bs: BenchStack) -> None:
     """Every path answers 200 for the key on both routes, and the guarded ones refuse a bad key."""
     with httpx.Client(timeout=10) as client:
         for path, port in bs.listener_ports.items():
             for route in ROUTES:
-                body, headers = body_and_headers(bs.key, route)
+                body, headers = request_for(bs, path, route)
                 resp = client.post(
                     f"http://127.0.0.1:{port}{DIGITS_PATH}", content=body, headers=headers
                 )
                 if resp.status_code != 200:
                     raise RuntimeError(f"path {path} {route}: {resp.status_code} {resp.text}")
-            if path in ("C", "D"):
-                body, headers = body_and_headers(bs.key + "x", "sink")
+            if path in ("C", "D", "E"):
+                body, headers = request_for(bs, path, "sink")
+                headers["authorization"] = _tampered(headers["authorization"])
                 resp = client.post(
                     f"http://127.0.0.1:{port}{DIGITS_PATH}", content=body, headers=headers
                 )
@@ -242,7 +258,7 @@ def run(
         counters = Counters(bs)
         for route in routes:  # warm every connection pool, cache and JIT-less path once
             for path in paths:
-                body, headers = body_and_headers(bs.key, route)
+                body, headers = request_for(bs, path, route)
                 url = f"http://127.0.0.1:{bs.listener_ports[path]}{DIGITS_PATH}"
                 h2load(url, concurrency=8, requests=400, headers=headers, body=body)
         results: list[dict[str, Any]] = []
@@ -255,7 +271,7 @@ def run(
                 for conc in concurrencies:
                     order = paths[r % len(paths) :] + paths[: r % len(paths)]
                     for path in order:
-                        body, headers = body_and_headers(bs.key, route)
+                        body, headers = request_for(bs, path, route)
                         url = f"http://127.0.0.1:{bs.listener_ports[path]}{DIGITS_PATH}"
                         before_r, before_c = counters.redis(), counters.policy_cache()
                         result: Run = h2load(

@@ -128,8 +128,6 @@ def service(issuer, settings, run_dir, loop):  # type: ignore[no-untyped-def]
     loop.run_until_complete(service.start())
     yield SimpleNamespace(handler=service.handler)
     loop.run_until_complete(service.close())
-    for handler in service.decision_log._listener.handlers:  # DecisionLog.stop() leaves it open
-        handler.close()
 
 
 def decide(loop, handler, requests: Iterator[Any]) -> Any:  # type: ignore[no-untyped-def]
