@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from extauthz.devstack import Stack
+from extauthz.dev.devstack import Stack
 from extauthz.response import BODIES
 from extauthz.types import Status
 from tests.e2e.conftest import cli
@@ -33,7 +33,7 @@ def behind_a_proxy(stack: Stack) -> Iterator[httpx.Client]:
     """The stack's extauthz restarted behind one trusted proxy, 127.0.0.1; restored afterwards."""
     stack.stop("extauthz")
     update = {"trusted_hops": 1, "trusted_proxies": "127.0.0.1/32"}
-    proxied = Stack(stack.settings.model_copy(update=update))
+    proxied = Stack(stack.settings.model_copy(update=update), redis_aof=False)
     try:
         proxied.up(["extauthz"])
         with httpx.Client(base_url=stack.envoy_url, timeout=10) as client:
