@@ -9,8 +9,8 @@ import time
 
 import httpx
 import pytest
-from extauthz.dev.devstack import Stack
 
+from extauthz.dev.devstack import Stack
 from extauthz.response import BODIES
 from extauthz.types import Status
 from tests.e2e.conftest import Keys, cli

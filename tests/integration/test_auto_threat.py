@@ -11,9 +11,9 @@ import time
 
 import pytest
 import redis.asyncio as aioredis
-from extauthz.dev.devstack import Stack
 
 from extauthz.authn.apikeys import KeyStore
+from extauthz.dev.devstack import Stack
 from extauthz.limits.throttle import AutoThreat, RefusedSources, ThreatWatcher, ThrottleStore
 from extauthz.wiring import build_service, key_pepper
 from tests.e2e.payloads import DIGITS

@@ -13,9 +13,9 @@ import secrets
 from typing import Any
 
 import pytest
-from extauthz.dev.devstack import Stack
 
 from extauthz.authn.apikeys import KeyStore
+from extauthz.dev.devstack import Stack
 from extauthz.wiring import build_service, key_pepper, redis_client
 from tests.unit.checkrequests import check_request
 

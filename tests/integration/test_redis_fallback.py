@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from extauthz.dev.devstack import Stack
 
+from extauthz.dev.devstack import Stack
 from extauthz.limits.limiter import Limiter, LimiterConfig
 from extauthz.limits.throttle import ThrottleStore
 from extauthz.types import Denied, Principal, Reason, Status
