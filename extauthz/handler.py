@@ -56,8 +56,11 @@ class CheckHandler:
         try:
             self._limiter.precheck(view)  # a source network known to be quarantined: 429 here
             principal = await self._authenticate(view)
+            self._limiter.admit(principal)  # a subject known to be quarantined: 429, no OPA
             policy = await self._policy.decide(view, principal)
             if not policy.allow:
+                # counted per subject and network: past a limit, 429 before OPA is asked
+                await self._limiter.policy_denied(view, principal)
                 status = _POLICY_STATUSES.get(policy.status, Status.FORBIDDEN)
                 raise Denied(status, Reason.POLICY_DENY)
             limits = await self._limiter.check(principal, policy.quota, view, policy)
@@ -89,7 +92,7 @@ class CheckHandler:
         elapsed = time.perf_counter_ns() - started
         self._log.record(view, decision, elapsed)
         DECISIONS.labels(str(int(decision.status)), decision.reason.value).inc()
-        self._limiter.observe(int(decision.status))  # feeds the automatic threat level
+        self._limiter.observe(decision, view)  # feeds the automatic threat level
         DECISION_SECONDS.observe(elapsed / 1e9)
         return response
 

@@ -18,6 +18,17 @@ POLICY_CACHE = Counter(
     "bypass (revision not confirmed recently); cache: enforced or shadow",
     ["cache", "result"],
 )
+POLICY_CACHE_BYTES = Gauge(
+    "extauthz_policy_cache_bytes",
+    "Estimated bytes held by the decision cache (bounded by EXTAUTHZ_DECISION_CACHE_BYTES)",
+    ["cache"],
+    multiprocess_mode="livesum",
+)
+POLICY_CACHE_EVICTIONS = Counter(
+    "extauthz_policy_cache_evictions_total",
+    "Decisions evicted from the cache to keep it within its entry and byte bounds",
+    ["cache"],
+)
 OPA_SECONDS = Histogram(
     "extauthz_opa_request_seconds",
     "OPA decision query latency",
@@ -31,6 +42,11 @@ FAIL_OPEN = Counter(
 SHADOW = Counter(
     "extauthz_shadow_total", "Shadow evaluations by outcome", ["outcome"]
 )  # agree | disagree | error | dropped
+SHADOW_BYTES = Gauge(
+    "extauthz_shadow_queue_bytes",
+    "Bytes of policy inputs waiting for a shadow evaluation (bounded by EXTAUTHZ_SHADOW_MAX_BYTES)",
+    multiprocess_mode="livesum",
+)
 SHADOW_DISAGREEMENTS = Counter(
     "extauthz_shadow_disagreements_total",
     "Enforced vs candidate decisions that differ, by both reasons",
@@ -58,6 +74,16 @@ QUARANTINES = Counter(
     "Automatic quarantines seen by this worker (subject: strikes; prefix: failed authentications)",
     ["kind"],
 )
+POLICY_DENIALS = Counter(
+    "extauthz_policy_denials_counted_total",
+    "Policy denials counted against the subject's and network's denial windows, by outcome",
+    ["outcome"],
+)  # counted | quarantined | error
+DEGRADED = Counter(
+    "extauthz_degraded_total",
+    "Decisions during an OPA (fail-open) or Redis (fallback limiter) outage, by outcome",
+    ["mode", "outcome"],
+)  # mode opa|redis; outcome served | refused | <check that refused>
 THREAT_LEVEL = Gauge(
     "extauthz_threat_level",
     "Threat level in force: 0 normal, 1 elevated, 2 high, 3 critical",

@@ -110,7 +110,8 @@ def supervise(settings: Settings, workers: int) -> int:
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     metrics_dir = tempfile.mkdtemp(prefix="extauthz-metrics-")
-    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    # each worker knows it has siblings (e.g. a DPoP jti seen by one is unknown to the others)
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": metrics_dir, "EXTAUTHZ_WORKERS": str(workers)}
     argv = [sys.executable, "-m", "extauthz", "serve", "--worker-index"]
     children = [
         subprocess.Popen([*argv, str(i)], env=env, preexec_fn=_die_with_parent)  # noqa: S603, PLW1509

@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     decision_cache_size: int = Field(
         50_000, description="Policy decisions cached in-process (LRU); 0 disables the cache."
     )
+    decision_cache_bytes: int = Field(
+        32 * 1024 * 1024,
+        description="Bytes the decision cache may hold (estimated per entry; least recently "
+        "used entries are evicted first); 0 disables the cache. Metric "
+        "extauthz_policy_cache_bytes.",
+    )
     shadow_decision_path: str = Field(
         "",
         description="A candidate rule evaluated beside the enforced one, off the request path "
@@ -149,6 +155,34 @@ class Settings(BaseSettings):
     shadow_sample: float = Field(1.0, description="Fraction of decisions also sent to the shadow.")
     shadow_log: str = Field(
         ".run/logs/shadow.log", description="Where shadow disagreements are written (JSON lines)."
+    )
+    shadow_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        description="Bytes of policy inputs that may wait for a shadow evaluation; past it "
+        "new ones are dropped (extauthz_shadow_total{outcome=dropped}).",
+    )
+    shadow_log_max_bytes: int = Field(
+        64 * 1024 * 1024,
+        description="Size at which the shadow log is rotated to <shadow_log>.1 (one old file "
+        "is kept).",
+    )
+    policy_denial_limit: int = Field(
+        60,
+        description="Policy denials (403) per subject and policy_denial_window before the "
+        "subject is quarantined for policy_denial_quarantine seconds (every request 429, no "
+        "OPA query); 0: not counted.",
+    )
+    policy_denial_prefix_limit: int = Field(
+        600,
+        description="Policy denials per source prefix and policy_denial_window before the "
+        "prefix is quarantined likewise; 0: not counted.",
+    )
+    policy_denial_window: int = Field(
+        60, description="Seconds of the sliding window policy denials are counted in."
+    )
+    policy_denial_quarantine: int = Field(
+        60,
+        description="Seconds a subject or prefix stays quarantined after too many policy denials.",
     )
     metrics_port: int = Field(
         9192, description="Prometheus metrics on <host>:<port>/metrics; 0: no metrics server."
@@ -234,20 +268,30 @@ class Settings(BaseSettings):
     )
     auto_threat_ratio: float = Field(
         0.5,
-        description="Raise the threat level automatically when at least this share of a "
-        "worker's decisions in auto_threat_window were denials (401/403/429); 0 turns it off.",
+        description="Raise the threat level automatically when at least this share of the "
+        "authenticated sources a worker saw in auto_threat_window were refused (403 or 429 by "
+        "their windows); each source counts once, unauthenticated and quarantined traffic not "
+        "at all (README, Security); 0 turns it off.",
     )
-    auto_threat_min_decisions: int = Field(
-        200, description="Decisions a worker must see in a window before its denial share counts."
+    auto_threat_min_sources: int = Field(
+        20,
+        description="Distinct refused sources (credentials, and as many distinct source "
+        "prefixes) a worker must see in a window before their share counts.",
     )
     auto_threat_window: float = Field(
-        10.0, description="Seconds over which a worker measures its denial share."
+        10.0, description="Seconds over which a worker measures the refused share."
     )
     auto_threat_level: str = Field(
         "elevated", description="The level an automatic raise sets (never lowers a higher one)."
     )
     auto_threat_ttl: int = Field(
         600, description="Seconds an automatically raised level lasts before it reverts."
+    )
+    redis_fallback_max_age: float = Field(
+        60.0,
+        description="While Redis is down, a fail-open model is served only to an API key or "
+        "device this worker saw active in Redis within this many seconds; DPoP proofs are "
+        "checked against this worker's memory of jtis (with workers > 1: refused).",
     )
     threat_factors: str = Field(
         "elevated=0.5,high=0.25,critical=0.1",

@@ -23,7 +23,7 @@ from extauthz.authn.mtls import CertificateVerifier, IdentityMap, MtlsAuthentica
 from extauthz.decisionlog import DecisionLog
 from extauthz.handler import CheckHandler
 from extauthz.limits.limiter import Limiter, LimiterConfig
-from extauthz.limits.throttle import AutoThreat, DenialRate, ThreatWatcher, ThrottleStore
+from extauthz.limits.throttle import AutoThreat, RefusedSources, ThreatWatcher, ThrottleStore
 from extauthz.persistence import warn_if_not_persistent
 from extauthz.policy.cache import DecisionCache
 from extauthz.policy.engine import PolicyEngine
@@ -152,7 +152,7 @@ def auto_threat(settings: Settings, redis: aioredis.Redis) -> AutoThreat | None:
     if settings.auto_threat_ratio <= 0:
         return None
     return AutoThreat(
-        rate=DenialRate(settings.auto_threat_window, settings.auto_threat_min_decisions),
+        sources=RefusedSources(settings.auto_threat_window, settings.auto_threat_min_sources),
         store=ThrottleStore(redis, settings.source_prefix_v4, settings.source_prefix_v6),
         ratio=settings.auto_threat_ratio,
         level=settings.auto_threat_level,
@@ -178,9 +178,12 @@ def build_service(settings: Settings) -> Service:
             settings.shadow_decision_path,
             settings.shadow_sample,
             Path(settings.shadow_log),
-            DecisionCache(settings.decision_cache_size, name="shadow"),
+            DecisionCache(settings.decision_cache_size, "shadow", settings.decision_cache_bytes),
+            max_bytes=settings.shadow_max_bytes,
+            log_max_bytes=settings.shadow_log_max_bytes,
         )
-    policy = PolicyEngine(opa, watcher, DecisionCache(settings.decision_cache_size), shadow)
+    cache = DecisionCache(settings.decision_cache_size, "enforced", settings.decision_cache_bytes)
+    policy = PolicyEngine(opa, watcher, cache, shadow)
     decision_log = DecisionLog(settings.decision_log)
     limiter = Limiter(
         redis,

@@ -36,6 +36,9 @@ def stack_settings(run_dir: Path) -> Settings:
         # the whole suite's 401s come from 127.0.0.1; tests/e2e/test_limits.py stuffs from
         # another network up to this limit
         auth_failure_limit=200,
+        # likewise for policy denials (403s) per subject and per network
+        policy_denial_limit=200,
+        policy_denial_prefix_limit=2000,
         # the suite denies on purpose; the automatic threat level is tested on its own
         auto_threat_ratio=0.0,
     )

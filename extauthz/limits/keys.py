@@ -75,18 +75,6 @@ def source_prefix(address: str, v4_bits: int = 24, v6_bits: int = 56) -> str:
     return str(ipaddress.ip_network(f"{ip}/{bits}", strict=False))
 
 
-def client_address(peer: str, forwarded_for: str, trusted_hops: int) -> str:
-    """The client's address: the peer Envoy reports, or with `trusted_hops` proxies in front
-    of Envoy, the X-Forwarded-For entry those proxies vouch for (Envoy appends the peer, so
-    the client is the entry trusted_hops + 1 from the right). Too short a header: the peer."""
-    if trusted_hops <= 0 or not forwarded_for:
-        return peer
-    entries = [e.strip() for e in forwarded_for.split(",")]
-    if len(entries) < trusted_hops + 1:
-        return peer
-    return entries[-(trusted_hops + 1)] or peer
-
-
 def prefix_tag(prefix: str) -> str:
     return f"pfx:{prefix}"
 
@@ -114,6 +102,12 @@ def strike_key(subject: str) -> str:
 def auth_failure_key(prefix: str, window: int) -> str:
     """Failed authentications from one source prefix: a sub-bucketed counter like a window's."""
     return f"ea:{{{prefix_tag(prefix)}}}:af:{window}"
+
+
+def policy_denial_key(tag: str, window: int) -> str:
+    """Policy denials of one subject (`sub:<h>`) or source prefix (`pfx:<net>`): a sub-bucketed
+    counter like a window's, beside that tag's quarantine flag."""
+    return f"ea:{{{tag}}}:pd:{window}"
 
 
 THREAT_KEY = "ea:threat"  # the operator-set threat level: a hash {level, reason, by, until}

@@ -52,42 +52,78 @@ class Threat:
     until: int = 0  # epoch s; 0 when normal
 
 
-class DenialRate:
-    """This worker's share of denied decisions (401/403/429) over a window: the signal that
-    raises the threat level automatically. Counting costs two integer additions a decision;
-    it is read only by the threat watcher, off the request path."""
+class _Sources:
+    """Distinct sources, each credential and each network prefix counted at most once: a
+    (credential, prefix) pair counts only if neither was counted before in the window (a
+    greedy matching), so neither many keys from one network nor one key from many networks
+    makes more than one source. Bounded: at most `cap` sources a window."""
 
-    def __init__(self, window: float, min_decisions: int, clock: Clock = system_clock) -> None:
+    def __init__(self, cap: int) -> None:
+        self._cap = cap
+        self._credentials: set[str] = set()
+        self._prefixes: set[str] = set()
+
+    def add(self, credential: str, prefix: str) -> None:
+        if len(self._credentials) >= self._cap:
+            return
+        if credential in self._credentials or prefix in self._prefixes:
+            return
+        self._credentials.add(credential)
+        self._prefixes.add(prefix)
+
+    def __len__(self) -> int:
+        return len(self._credentials)
+
+
+class RefusedSources:
+    """The signal that raises the threat level automatically: within a window, the distinct
+    authenticated sources this worker saw, and those it refused (403, or 429 by their own
+    windows). Only trusted traffic counts: a source is a credential that authenticated and
+    was not quarantined, with the network prefix it came from, each counted once (_Sources).
+    Unauthenticated (401) and quarantined requests never count.
+
+    Recording is a few set lookups a decision; read only by the watcher, off the path."""
+
+    def __init__(
+        self,
+        window: float,
+        min_sources: int,
+        clock: Clock = system_clock,
+        max_tracked: int = 10_000,
+    ) -> None:
         self._window = window
-        self._min = min_decisions
+        self._min = min_sources
         self._clock = clock
+        self._max = max_tracked
         self._started = clock()
-        self.total = 0
-        self.denied = 0
+        self._seen, self._refused = _Sources(max_tracked), _Sources(max_tracked)
 
-    def record(self, status: int) -> None:
-        self.total += 1
-        if status in (401, 403, 429):
-            self.denied += 1
+    def record(self, credential: str, prefix: str, refused: bool) -> None:
+        self._seen.add(credential, prefix)
+        if refused:
+            self._refused.add(credential, prefix)
 
     def take(self) -> tuple[float, int] | None:
-        """(denied share, decisions) once a window has passed with enough decisions; resets."""
+        """(refused share of sources, refused sources) once a window has passed with at least
+        `min_sources` refused sources; resets."""
         now = self._clock()
         if now - self._started < self._window:
             return None
-        total, denied = self.total, self.denied
-        self._started, self.total, self.denied = now, 0, 0
-        if total < self._min:
+        seen, refused = len(self._seen), len(self._refused)
+        self._started = now
+        self._seen, self._refused = _Sources(self._max), _Sources(self._max)
+        if refused < max(1, self._min):
             return None
-        return denied / total, total
+        return refused / max(seen, refused), refused
 
 
 @dataclass(frozen=True, slots=True)
 class AutoThreat:
-    """Raise the threat level to `level` for `ttl` seconds when at least `ratio` of a worker's
-    decisions in a window were denials (a flood of probing or stuffing). Never lowers a level."""
+    """Raise the threat level to `level` for `ttl` seconds when at least `ratio` of the
+    authenticated sources a worker saw in a window were refused (many tenants probing or
+    scraping at once). Never lowers a level."""
 
-    rate: DenialRate
+    sources: RefusedSources
     store: ThrottleStore
     ratio: float
     level: str
@@ -97,7 +133,7 @@ class AutoThreat:
 class ThreatWatcher(Periodic):
     """The current threat level, polled from Redis every `interval` seconds (never on the
     request path). Redis unreachable: the last level read stays until its own `until`.
-    With `auto`, the same poll raises the level when this worker's denial rate is high."""
+    With `auto`, the same poll raises the level when many authenticated sources are refused."""
 
     _task_name = "threat-level"
 
@@ -114,9 +150,10 @@ class ThreatWatcher(Periodic):
         self._threat = Threat()
         self.auto = auto
 
-    def record(self, status: int) -> None:
+    def record(self, credential: str, prefix: str, refused: bool) -> None:
+        """One trusted decision (authenticated, not quarantined): see RefusedSources."""
         if self.auto is not None:
-            self.auto.rate.record(status)
+            self.auto.sources.record(credential, prefix, refused)
 
     @property
     def level(self) -> str:
@@ -143,13 +180,13 @@ class ThreatWatcher(Periodic):
         return self._threat
 
     async def _raise_if_flooded(self, auto: AutoThreat) -> None:
-        taken = auto.rate.take()
+        taken = auto.sources.take()
         if taken is None:
             return
-        share, total = taken
+        share, refused = taken
         if share < auto.ratio or LEVELS.index(self.level) >= LEVELS.index(auto.level):
             return
-        reason = f"{share:.0%} of {total} decisions denied"
+        reason = f"{refused} authenticated sources refused ({share:.0%} of those seen)"
         try:
             self._threat = await auto.store.set_threat(auto.level, auto.ttl, reason, by="auto")
         except (RedisError, OSError, TimeoutError) as exc:

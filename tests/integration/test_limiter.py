@@ -489,7 +489,8 @@ async def test_redis_unreachable_fails_closed_unless_the_model_is_fail_open(
 ) -> None:
     dead = redis_client(Settings(redis_url="redis://127.0.0.1:1/0", redis_timeout=0.2))
     lim = Limiter(dead, timeout=0.2, clock=clock)
-    p = Principal("a", (), (), "t", "api_key", "x", "ea:{key:x}:key")
+    # a JWT: no key or device state to vouch for (test_redis_fallback.py covers those)
+    p = Principal("a", (), (), "t", "jwt", "x")
     with pytest.raises(Denied) as info:
         await lim.check(p, MINUTE5, view(), policy(MINUTE5))
     assert info.value.status is Status.UNAVAILABLE and info.value.reason is Reason.REDIS_UNAVAILABLE
@@ -507,7 +508,7 @@ async def test_a_hung_redis_never_holds_a_decision_past_the_budget(clock: Clock)
     port = server.sockets[0].getsockname()[1]
     hung = redis_client(Settings(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.15))
     lim = Limiter(hung, timeout=0.15, clock=clock)
-    p = Principal("a", (), (), "t", "api_key", "x", "ea:{key:x}:key")
+    p = Principal("a", (), (), "t", "jwt", "x")
     for fail_mode in ("closed", "open"):
         started = time.perf_counter()
         try:
@@ -529,3 +530,35 @@ async def test_key_schema_uses_one_tag_per_call_group(redis: Any, clock: Clock) 
     await check(lim, p, (Window("minute", 5, 60), Window("net", 5, 60, ("source_prefix",))))
     own = [k.decode() for k in await redis.keys(f"ea:{{{subject_tag(p.subject)}}}:rl:*")]
     assert len(own) == 1 and own[0].endswith(f"c=key:{p.credential_id}")
+
+
+# ------------------------------------------------------------------ policy denials
+
+
+async def test_policy_denials_quarantine_the_subject_then_the_network(
+    redis: Any, clock: Clock
+) -> None:
+    """Finding 3: 403s count per subject and per source prefix (one call on a single Redis,
+    one per slot on a cluster); past a limit the subject or network is quarantined, and the
+    worker then refuses the subject before the policy is asked (admit)."""
+    lim = limiter(redis, clock, policy_denial_limit=3, policy_denial_prefix_limit=5)
+    ip = fresh_net()
+    first, second = await principal(redis), await principal(redis)
+    for _ in range(3):
+        await lim.policy_denied(view(ip), first)
+    with pytest.raises(Denied) as info:
+        await lim.policy_denied(view(ip), first)
+    assert (info.value.status, info.value.detail) == (Status.RATE_LIMITED, "quarantine subject")
+    with pytest.raises(Denied):
+        lim.admit(first)  # in-process: no OPA query for this subject now
+    lim.admit(second)
+    listed = await ThrottleStore(redis).quarantines()
+    assert any(q["target"] == first.subject and "policy_denials" in q["cause"] for q in listed)
+    await lim.policy_denied(view(ip), second)  # the network's fifth denial
+    with pytest.raises(Denied) as info:
+        await lim.policy_denied(view(ip), second)
+    assert info.value.detail == "quarantine prefix"
+    with pytest.raises(Denied):
+        lim.precheck(view(ip))  # the whole network, before authentication
+    await ThrottleStore(redis).release("subject", first.subject)
+    await ThrottleStore(redis).release("prefix", ip)

@@ -71,21 +71,60 @@ IRIS_OPEN = Fallback(
         ("iris", "POST", "infer", ALICE, True),
         ("iris", "GET", "metadata", ALICE, False),  # action not in the fail-open table
         ("digits", "POST", "infer", ALICE, False),  # not a fail-open model
-        ("iris", "POST", "infer", Principal("x", (), (), "gold", "api_key", "k"), False),  # tier
     ],
 )
 async def test_fail_open_only_where_the_policy_table_says(
     model, method, action, principal, served
 ) -> None:  # type: ignore[no-untyped-def]
-    engine = PolicyEngine(FakeOpa({"": OUTAGE}), FakeWatcher(None, IRIS_OPEN), DecisionCache(10))  # type: ignore[arg-type]
+    opa, watcher = FakeOpa({"": ALLOW}), FakeWatcher("r1", IRIS_OPEN)
+    engine = PolicyEngine(opa, watcher, DecisionCache(10))  # type: ignore[arg-type]
+    await engine.decide(view(model, method, action), principal)  # OPA allowed it under r1
+    opa.by_path[""], watcher.revision = OUTAGE, None  # OPA down, r1 no longer confirmed
     if served:
         decision = await engine.decide(view(model, method, action), principal)
-        assert decision.allow and decision.source == "fail_open" and decision.reason == "fail_open"
-        assert decision.quota == (Window("minute", 5, 60),)
+        assert decision.allow and decision.source == "fail_open" and decision.revision == "r1"
+        assert decision.quota == ALLOW.quota  # the quota OPA gave for this very input
     else:
         with pytest.raises(Denied) as info:
             await engine.decide(view(model, method, action), principal)
         assert info.value.status is Status.UNAVAILABLE
+
+
+def iris(body: bytes) -> Any:
+    return parse_check_request(check_request("POST", "/v2/models/iris/infer", body=body), 4096)
+
+
+async def test_fail_open_serves_only_inputs_opa_decided_under_the_last_revision() -> None:
+    """Finding 5: while OPA is down a fail-open model is no longer served after a check of
+    model/action and tier only: any input OPA has not decided (another principal, roles,
+    body shape, outputs...) is refused, and OPA's own denials stay denials."""
+    opa, watcher = FakeOpa({"": ALLOW}), FakeWatcher("r1", IRIS_OPEN)
+    engine = PolicyEngine(opa, watcher, DecisionCache(10))  # type: ignore[arg-type]
+    small = b'{"inputs":[{"name":"x","shape":[1,4],"datatype":"FP64","data":[1,2,3,4]}]}'
+    await engine.decide(iris(small), ALICE)
+    opa.by_path[""] = DENY
+    big = small.replace(b"[1,4]", b"[64,4]")
+    assert not (await engine.decide(iris(big), ALICE)).allow  # OPA refused the batch
+    opa.by_path[""], watcher.revision = OUTAGE, None
+    assert (await engine.decide(iris(small), ALICE)).source == "fail_open"
+    assert not (await engine.decide(iris(big), ALICE)).allow  # still OPA's denial
+    mallory = Principal("mallory", ("analyst",), ("vision",), "standard", "api_key", "k9")
+    scores = small.replace(b"]}]}", b']}],"outputs":[{"name":"predict_proba"}]}')
+    for unseen_view, who in ((iris(small), mallory), (iris(scores), ALICE)):
+        with pytest.raises(Denied) as info:
+            await engine.decide(unseen_view, who)
+        assert info.value.status is Status.UNAVAILABLE
+
+
+async def test_fail_open_never_uses_a_decision_of_an_older_revision() -> None:
+    opa, watcher = FakeOpa({"": ALLOW}), FakeWatcher("r1", IRIS_OPEN)
+    engine = PolicyEngine(opa, watcher, DecisionCache(10))  # type: ignore[arg-type]
+    await engine.decide(view("iris"), ALICE)
+    watcher.revision = "r2"  # a policy edit: r1's decisions no longer hold
+    await engine.decide(view("digits"), ALICE)
+    opa.by_path[""], watcher.revision = OUTAGE, None
+    with pytest.raises(Denied):
+        await engine.decide(view("iris"), ALICE)
 
 
 async def test_policy_denials_are_never_turned_into_fail_open() -> None:
@@ -136,3 +175,29 @@ def test_fallback_from_policy_is_defensive() -> None:
     )
     assert fb.open_models == {"iris": frozenset({"infer"})}
     assert fb.tiers == {"t": (Window("m", 1, 60),)}
+
+
+async def test_shadow_holds_at_most_its_bytes_of_waiting_inputs(tmp_path: Path) -> None:
+    """Finding 3: inputs waiting for a candidate evaluation are bounded by bytes, not count."""
+    opa = FakeOpa({"": ALLOW, "cand": DENY})
+    shadow = Shadow(opa, "cand", 1.0, tmp_path / "s.log", DecisionCache(10), max_bytes=1000)  # type: ignore[arg-type]
+    for i in range(10):  # 400 bytes each: only two fit
+        shadow.submit("r", bytes([i]), {"i": i}, ALLOW, 400)
+    assert len(shadow._tasks) == 2 and shadow.bytes == 800
+    await shadow.drain()
+    assert shadow.bytes == 0 and opa.calls.count("cand") == 2
+
+
+async def test_shadow_log_rotates_at_its_size(tmp_path: Path) -> None:
+    opa = FakeOpa({"": ALLOW, "cand": DENY})
+    log = tmp_path / "s.log"
+    shadow = Shadow(opa, "cand", 1.0, log, DecisionCache(10), log_max_bytes=2000)  # type: ignore[arg-type]
+    for i in range(20):
+        shadow.submit("r", bytes([i]), {"pad": "x" * 300, "i": i}, ALLOW, 300)
+        await shadow.drain()
+    assert log.stat().st_size <= 2000
+    assert (tmp_path / "s.log.1").stat().st_size <= 2000
+    assert (
+        len(log.read_text().splitlines()) + len((tmp_path / "s.log.1").read_text().splitlines())
+        < 20
+    )

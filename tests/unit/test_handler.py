@@ -63,9 +63,16 @@ class FakeLimiter:
         self.calls = 0
         self.auth_failures = 0
         self.observed: list[int] = []
+        self.policy_denials = 0
 
-    def observe(self, status: int) -> None:
-        self.observed.append(status)
+    def observe(self, decision: Any, view: RequestView) -> None:
+        self.observed.append(int(decision.status))
+
+    def admit(self, principal: Principal) -> None:
+        pass
+
+    async def policy_denied(self, view: RequestView, principal: Principal) -> None:
+        self.policy_denials += 1
 
     def precheck(self, view: RequestView) -> None:
         if self.blocked is not None:

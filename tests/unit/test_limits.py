@@ -8,7 +8,6 @@ import random
 import pytest
 
 from extauthz.limits.keys import (
-    client_address,
     counter_key,
     dimension_values,
     source_prefix,
@@ -38,15 +37,6 @@ def test_source_prefix(address: str, prefix: str) -> None:
 def test_source_prefix_lengths_are_settings() -> None:
     assert source_prefix("203.0.113.77", 16, 48) == "203.0.0.0/16"
     assert source_prefix("2001:db8:aa:bbcc::1", 16, 48) == "2001:db8:aa::/48"
-
-
-def test_the_client_address_is_the_peer_unless_hops_are_trusted() -> None:
-    xff = "198.51.100.9, 203.0.113.5, 10.0.0.2"  # client, proxy, the peer Envoy appended
-    assert client_address("10.0.0.2", xff, 0) == "10.0.0.2"  # never the header by default
-    assert client_address("10.0.0.2", xff, 1) == "203.0.113.5"
-    assert client_address("10.0.0.2", xff, 2) == "198.51.100.9"
-    assert client_address("10.0.0.2", xff, 5) == "10.0.0.2"  # too short: the peer
-    assert client_address("10.0.0.2", "", 1) == "10.0.0.2"
 
 
 def test_counter_keys_share_the_tag_of_what_they_count() -> None:

@@ -72,3 +72,28 @@ async def test_disabled_cache(size: int) -> None:
     cache, compute = DecisionCache(size), Counting()
     await cache.get("r", "k", compute)
     assert (await cache.get("r", "k", compute))[1] == "bypass"
+
+
+async def test_bounded_by_bytes_with_a_metric_of_bytes_and_evictions() -> None:
+    """Finding 3: whatever the entry count, the cache never holds more than its byte bound."""
+    from extauthz.metrics import POLICY_CACHE_BYTES, POLICY_CACHE_EVICTIONS
+
+    big = PolicyDecision(False, 403, "x" * 10_000)  # a heavy decision
+    cache = DecisionCache(1_000_000, name="bytes-test", max_bytes=100_000)
+    for i in range(50):
+        await cache.get("r", f"k{i}".encode(), Counting(big))
+    assert 0 < cache.bytes <= 100_000
+    assert len(cache) < 10 and cache.stats["evicted"] == 50 - len(cache)
+    assert POLICY_CACHE_BYTES.labels("bytes-test")._value.get() == cache.bytes
+    assert POLICY_CACHE_EVICTIONS.labels("bytes-test")._value.get() == cache.stats["evicted"]
+    assert (await cache.get("r", b"k49", Counting(big)))[1] == "hit"  # most recent kept
+    assert (await cache.get("r", b"k0", Counting(big)))[1] == "miss"
+
+
+def test_the_key_is_a_small_digest_of_the_canonical_input() -> None:
+    from extauthz.policy.cache import input_digest
+
+    a = {"request": {"body": {"outputs": ["o" * 60_000]}, "model": "m"}, "principal": {}}
+    b = {"principal": {}, "request": {"model": "m", "body": {"outputs": ["o" * 60_000]}}}
+    assert input_digest(a) == input_digest(b) and len(input_digest(a)) == 32
+    assert input_digest(a) != input_digest({**a, "principal": {"subject": "x"}})
