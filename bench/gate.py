@@ -58,10 +58,12 @@ REPORTED = {
     "c1_p50_C_over_B": "p50 latency, C / B, concurrency 1",
     "c1_p50_C_over_A": "p50 latency, C / A, concurrency 1",
 }
-# Tolerances: measured noise (bench/baseline.json "spread_over_runs", quiet and with a CPU hog
-# on one core) plus room for another processor; the self-test proves what they still catch.
+# Tolerances: the measured noise, max over median of a ratio in 10 gate runs with a CPU hog on
+# one core while four other test suites ran (load average ~10): latency 1.35, CPU time 1.06,
+# throughput 1.20 — plus room for another processor. CPU time carries the sensitivity: 300 µs
+# of CPU per Check moved it +33–37 %; latency at c=1 is the noisiest under load.
 TOLERANCE = {
-    "c1_added_p50_C_over_B": 0.35,
+    "c1_added_p50_C_over_B": 0.50,
     "c8_cpu_per_request_C_over_B": 0.25,
     "c8_rps_B_over_C": 0.40,
 }
