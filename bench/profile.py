@@ -14,6 +14,8 @@ from collections import Counter
 from typing import Any
 
 _ENTRY = ("(extauthz/cli/__init__.py)", "(extauthz/cli/serve.py)", "(extauthz/__main__.py)")
+# frames every sample of the event-loop thread has: they start the loop, they are not work
+_LOOP_ENTRY = {"run (extauthz/server.py)", "run_on_loop (extauthz/server.py)"}
 OUTSIDE = "(gRPC server / event loop, outside extauthz code)"
 # a frame only the event-loop thread has: asyncio's loop, or the runner when uvloop (C) runs it
 _LOOP_FRAMES = ("(asyncio/base_events.py)", "(asyncio/runners.py)")
@@ -58,7 +60,11 @@ def summarise_raw(text: str, top: int = 10) -> dict[str, Any]:
         self_time[frames[-1]] += count
         for key in set(frames):
             inclusive[key] += count
-        own_frames = [f for f in frames if "(extauthz/" in f and not f.endswith(_ENTRY)]
+        own_frames = [
+            f
+            for f in frames
+            if "(extauthz/" in f and not f.endswith(_ENTRY) and f not in _LOOP_ENTRY
+        ]
         attributed[own_frames[-1] if own_frames else OUTSIDE] += count
 
     def share(c: Counter[str], keys: list[tuple[str, int]]) -> list[dict[str, Any]]:
@@ -67,7 +73,9 @@ def summarise_raw(text: str, top: int = 10) -> dict[str, Any]:
         ]
 
     own = [
-        (k, n) for k, n in inclusive.most_common() if "(extauthz/" in k and not k.endswith(_ENTRY)
+        (k, n)
+        for k, n in inclusive.most_common()
+        if "(extauthz/" in k and not k.endswith(_ENTRY) and k not in _LOOP_ENTRY
     ]
     return {
         "samples": total,

@@ -74,11 +74,11 @@ def latency_tables(e2e: dict[str, Any]) -> list[str]:
         out += ["", "Ratios (C over the others; latency > 1 means C is slower):", ""]
         out += [
             "| c | C/A p50 | C/A p99 | C/B p50 | C/B p99 | C/D p50 | C/D p99 | C−A p50 ms "
-            "| D−A p50 ms | C/B req/s | C/D req/s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| D−A p50 ms | E−A p50 ms | C/B req/s | C/D req/s | C/E req/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for conc, block in sorted(by_conc.items(), key=lambda kv: int(kv[0])):
-            a, b, c, d = (block.get(k) or {} for k in PATH_ORDER)
+            a, b, c, d, e = (block.get(k) or {} for k in PATH_ORDER)
             out.append(
                 f"| {conc} | {ratio(c.get('p50_us'), a.get('p50_us'))} "
                 f"| {ratio(c.get('p99_us'), a.get('p99_us'))} "
@@ -88,8 +88,10 @@ def latency_tables(e2e: dict[str, Any]) -> list[str]:
                 f"| {ratio(c.get('p99_us'), d.get('p99_us'))} "
                 f"| {ms(c['p50_us'] - a['p50_us']) if c and a else '–'} "
                 f"| {ms(d['p50_us'] - a['p50_us']) if d and a else '–'} "
+                f"| {ms(e['p50_us'] - a['p50_us']) if e and a else '–'} "
                 f"| {ratio(c.get('rps_median'), b.get('rps_median'))} "
-                f"| {ratio(c.get('rps_median'), d.get('rps_median'))} |"
+                f"| {ratio(c.get('rps_median'), d.get('rps_median'))} "
+                f"| {ratio(c.get('rps_median'), e.get('rps_median'))} |"
             )
         out.append("")
     return out

@@ -54,9 +54,22 @@ action := "metadata" if {
 
 # What the V2 inference body asks for, as extauthz/policy/input.py's body_facts() computes it
 # (opa-envoy-plugin parses a JSON body into input.parsed_body).
-no_body := {"valid": true, "batch_size": 0, "inputs": 0, "outputs": [], "parameters": []}
+no_body := {
+	"valid": true,
+	"reason": "ok",
+	"content_type": "",
+	"batch_size": 0,
+	"features": 0,
+	"inputs": 0,
+	"datatypes": [],
+	"outputs": [],
+	"parameters": [],
+	"output_parameters": [],
+}
 
-bad_body := object.union(no_body, {"valid": false})
+# the peer reads the default (numpy) codec only; anything else is invalid, as extauthz refuses
+# what it cannot read unambiguously (its reason codes are finer; the bench sends valid bodies)
+bad_body := object.union(no_body, {"valid": false, "reason": "bad_body"})
 
 doc := input.parsed_body
 
@@ -84,19 +97,32 @@ batch := max([first_dim(tensor.shape) | some tensor in tensors])
 
 requested_outputs := sort({sprintf("%v", [o.name]) | some o in object.get(doc, "outputs", [])})
 
+# values per row over all inputs: the sum of product(shape[1:])
+width(shape) := product(array.slice(shape, 1, count(shape))) if count(shape) > 1
+width(shape) := 1 if count(shape) <= 1
+features := sum([width(tensor.shape) | some tensor in tensors])
+datatypes := sort({t.datatype | some t in tensors})
+output_parameters := sort({k | some o in object.get(doc, "outputs", []); some k, _ in object.get(o, "parameters", {})})
+
 parameters := object.get(doc, "parameters", {})
 
 body_facts := no_body if {
 	action != "infer"
 } else := {
 	"valid": true,
+	"reason": "ok",
+	"content_type": "",
 	"batch_size": batch,
+	"features": features,
 	"inputs": count(tensors),
+	"datatypes": datatypes,
 	"outputs": requested_outputs,
 	"parameters": sort(object.keys(parameters)),
+	"output_parameters": output_parameters,
 } if {
 	valid_shapes
 	is_object(parameters)
+	not parameters.content_type
 } else := bad_body
 
 policy_input := {
