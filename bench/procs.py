@@ -23,6 +23,7 @@ from bench.envoy_bench import RATELIMIT_DOMAIN, bench_config
 from extauthz.authn.apikeys import key_record_name
 from extauthz.dev.devstack import ROOT, Stack, envoy_component
 from extauthz.dev.runner import Component, free_ports, grpc_health_ok, http_ok, tcp_ok
+from extauthz.policy.tools import IGNORE_ARGS
 from extauthz.settings import Settings
 
 BIN = ROOT / "bin"
@@ -205,12 +206,7 @@ class BenchStack:
                 f"plugins.envoy_ext_authz_grpc.addr=127.0.0.1:{self.peer_port}",
                 "--set",
                 "plugins.envoy_ext_authz_grpc.path=envoy/authz/decision",
-                "--ignore",
-                "*_test.rego",
-                "--ignore",
-                "*.md",
-                "--ignore",
-                "*.schema.json",
+                *IGNORE_ARGS,
                 *roots,
             ]
         else:

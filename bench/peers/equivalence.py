@@ -17,6 +17,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 from google.protobuf.json_format import MessageToDict
 
 from extauthz.policy.input import build_input
+from extauthz.policy.tools import IGNORE_ARGS
 from extauthz.request import parse_check_request
 from extauthz.types import Principal
 
@@ -55,7 +56,7 @@ def check(
     out = subprocess.run(
         [
             *[opa, "eval", "--format", "json", "--stdin-input"],
-            *["--ignore", "*_test.rego", "--ignore", "*.md", "--ignore", "*.schema.json"],
+            *IGNORE_ARGS,
             *["-d", str(POLICY), "-d", str(policy_dir), "-d", str(peer_data)],
             "data.envoy.authz.policy_input",
         ],
@@ -100,7 +101,7 @@ def eval_times(
     for name, (doc, roots) in cases.items():
         query = name.split(": ", 1)[1]
         argv = [opa, "bench", "--format", "json", "--stdin-input"]
-        argv += ["--ignore", "*_test.rego", "--ignore", "*.md", "--ignore", "*.schema.json"]
+        argv += IGNORE_ARGS
         for root in roots:
             argv += ["-d", str(root)]
         res = subprocess.run(

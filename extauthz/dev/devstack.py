@@ -28,6 +28,7 @@ from extauthz.dev.runner import (
     redis_ok,
     tcp_ok,
 )
+from extauthz.policy.tools import IGNORE_ARGS
 from extauthz.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -253,12 +254,7 @@ class Stack:
                     "--set",
                     "decision_logs.console=true",
                     "--watch",
-                    "--ignore",
-                    "*_test.rego",
-                    "--ignore",
-                    "*.md",
-                    "--ignore",
-                    "*.schema.json",
+                    *IGNORE_ARGS,
                     str(self.policy_dir),
                 ],
                 lambda: http_ok(f"http://127.0.0.1:{s.opa_port}/health"),

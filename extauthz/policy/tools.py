@@ -15,6 +15,8 @@ from extauthz.types import Principal
 
 # Files OPA must not load as policy or data when serving the pack.
 IGNORE = ("*_test.rego", "*.md", "*.schema.json")
+# the same, as `opa run` / `opa eval` arguments: what OPA loads from a policy directory
+IGNORE_ARGS = tuple(arg for pattern in IGNORE for arg in ("--ignore", pattern))
 
 
 def run_tests(opa: str, policy_dir: Path, min_coverage: float) -> tuple[bool, str]:
