@@ -394,6 +394,15 @@ def render(out_dir: Path) -> Path:
     lines += stage_table(micro)
     lines += ["", "## Profile", ""]
     lines += profile_section(e2e.get("profile", {}))
+    soak = out_dir / "soak.md"
+    if soak.exists():  # `make soak` wrote into the same folder: its summary and plot
+        lines += [
+            "",
+            *[
+                f"#{line}" if line.startswith("#") else line
+                for line in soak.read_text().splitlines()
+            ],
+        ]
     lines += ["", "## Peers", ""]
     lines += [f"- {n}" for n in e2e["peers"]["notes"]] or ["- all installed"]
     eq = e2e["equivalence"]
