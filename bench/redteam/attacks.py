@@ -28,6 +28,7 @@ import json
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -274,6 +275,16 @@ def run_evasion(spec: dict[str, Any], team: Team, oracle: Oracle) -> dict[str, A
     index = spec.get("target", 0)
     x0 = oracle.public_x[index]
     y0 = int(oracle.model.predict(x0[None])[0])
+    # The evaluator's yardstick: the victim is linear, so the smallest L2 step that changes x0's
+    # label is the distance to the nearest of its class boundaries (clipping ignored: a lower
+    # bound). Success is an adversarial example within eps_factor times that.
+    w, b = oracle.model.coef_, oracle.model.intercept_
+    d_star = min(
+        float(((w[y0] - w[j]) @ x0 + b[y0] - b[j]) / np.linalg.norm(w[y0] - w[j]))
+        for j in range(N_CLASSES)
+        if j != y0
+    )
+    eps = spec.get("eps_factor", 1.5) * d_star
     victim = black_box(team)
     np.random.seed(spec.get("seed", 1))
     if spec["attack"] == "hopskipjump":
@@ -310,7 +321,8 @@ def run_evasion(spec: dict[str, Any], team: Team, oracle: Oracle) -> dict[str, A
     return {
         "metric": "distortion",
         "stopped": stopped,
-        "eps": spec["eps"],
+        "eps": eps,
+        "d_star": d_star,
         "x0_norm": float(np.linalg.norm(x0)),
         "score": score,
     }
@@ -432,6 +444,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         ],
         "queries": len(tr) if spec["attack"] != "benign" else sum(c.answered for c in callers),
         "requests": len(records),
+        "statuses": dict(Counter(str(r["status"]) for r in records)),
         "seconds": round(elapsed, 1),
         "first_action": (
             {"queries": action[0], "kind": action[1], "t": action[2]} if action else None

@@ -135,7 +135,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax_ev.set(
         xlabel="queries (rows answered)",
         ylabel="L2 distance of the best adversarial example",
-        title=f"evasion (labels only): success below {eps} (● first action)",
+        title=f"evasion (labels only): success below L2 {eps or 0:.1f} (● first action)",
     )
     for ax in (ax_ext, ax_ev):
         ax.grid(alpha=0.3)
@@ -172,6 +172,16 @@ def markdown(report: dict[str, Any]) -> str:
             f" {row['goal_at'] if row['goal_at'] is not None else 'never'} |"
             f" {'blocked' if row['blocked'] else row['stopped'] or 'budget'} |"
         )
+    for mode, phase in report["modes"].items():
+        for r in phase["results"]:
+            if r.get("metric") == "distortion":
+                lines.append(
+                    f"\n{r['label']} ({mode}): held-out digit at L2 norm {r['x0_norm']:.1f}, its"
+                    f" nearest class boundary at L2 {r['d_star']:.2f} (exact, the victim is"
+                    f" linear); success = within {r['eps']:.2f}."
+                )
+            if any(k != "200" for k in r.get("statuses", {})):
+                lines.append(f"\n{r['label']} ({mode}) statuses: {r['statuses']}.")
     lines += [
         "",
         "Goal: agreement ≥ 0.90 (extraction), an adversarial example within the L2 bound "

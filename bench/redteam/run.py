@@ -57,9 +57,9 @@ class Plan:
         return self.label or self.attack
 
 
-# eps for the evasion attacks: an adversarial example within L2 8.0 of the digit (on average one
-# grey level of 16 per pixel; a digit's own norm is about 55).
-EPS = 8.0
+# Evasion succeeds with an adversarial example within EPS_FACTOR x the smallest L2 step that
+# changes the digit's label (exact for the linear victim; attacks.run_evasion).
+EPS_FACTOR = 1.5
 NETWORK_PER_MINUTE = 3000  # the standard tier's network_minute window (rego/extauthz/tiers)
 
 
@@ -69,8 +69,8 @@ def full_plan() -> tuple[list[Plan], float]:
         Plan("eqsolve", ["127.0.10.1"], 300, params={"step": 5}),
         Plan("knockoff", ["127.0.11.1"], 2000, params={"step": 10}),
         Plan("copycat", ["127.0.12.1"], 2000, params={"step": 10}),
-        Plan("hopskipjump", ["127.0.13.1"], 2500, params={"eps": EPS, "target": 3}),
-        Plan("boundary", ["127.0.14.1"], 2500, params={"eps": EPS, "target": 3}),
+        Plan("hopskipjump", ["127.0.13.1"], 2500, params={"eps_factor": EPS_FACTOR, "target": 3}),
+        Plan("boundary", ["127.0.14.1"], 2500, params={"eps_factor": EPS_FACTOR, "target": 3}),
         Plan(
             "knockoff",
             [f"127.0.1.{i}" for i in range(1, 11)],
@@ -92,7 +92,7 @@ def short_plan() -> tuple[list[Plan], float]:
     return [
         Plan("eqsolve", ["127.0.10.1"], 80, params={"step": 5}),
         Plan("knockoff", ["127.0.11.1"], 60, params={"step": 10}),
-        Plan("hopskipjump", ["127.0.13.1"], 120, params={"eps": EPS, "target": 3}),
+        Plan("hopskipjump", ["127.0.13.1"], 120, params={"eps_factor": EPS_FACTOR, "target": 3}),
         Plan(
             "knockoff",
             [f"127.0.1.{i}" for i in range(1, 11)],
