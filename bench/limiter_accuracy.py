@@ -29,8 +29,8 @@ from collections import deque
 from pathlib import Path
 
 from extauthz.dev.devstack import Stack
-from extauthz.limits.keys import counter_key, dimension_values
 from extauthz.limits.limiter import Limiter, LimiterConfig
+from extauthz.store.schema import counter_key, dimension_values
 from extauthz.types import Principal, Window
 from extauthz.wiring import redis_client
 from tests.conftest import stack_settings

@@ -23,7 +23,7 @@ from extauthz.authn.mtls import CertificateVerifier, IdentityMap, MtlsAuthentica
 from extauthz.decisionlog import DecisionLog
 from extauthz.handler import CheckHandler
 from extauthz.limits.limiter import Limiter, LimiterConfig
-from extauthz.limits.throttle import AutoThreat, RefusedSources, ThreatWatcher, ThrottleStore
+from extauthz.limits.throttle import ThrottleStore
 from extauthz.persistence import warn_if_not_persistent
 from extauthz.policy.cache import DecisionCache
 from extauthz.policy.engine import PolicyEngine
@@ -32,6 +32,7 @@ from extauthz.policy.revision import RevisionWatcher
 from extauthz.policy.shadow import Shadow
 from extauthz.request import Forwarding
 from extauthz.settings import Settings
+from extauthz.threat import AutoThreat, RefusedSources, ThreatWatcher
 
 
 def key_pepper(settings: Settings) -> bytes:

@@ -17,16 +17,12 @@ from redis.exceptions import RedisError
 
 from extauthz.cache import TTLCache
 from extauthz.clock import Clock, system_clock
+from extauthz.store.schema import RecordFields, key_record_name
 from extauthz.types import Denied, Principal, Reason, Status
 
 PREFIX = "eak_"
 _ID_HEX = 12
 _DUMMY_HASH = "0" * 64
-
-
-def key_record_name(key_id: str) -> str:
-    """Redis key of a key's record; its hash tag is shared with that key's counters."""
-    return f"ea:{{key:{key_id}}}:key"
 
 
 def hash_key(pepper: bytes, key: str) -> str:
@@ -76,7 +72,7 @@ class KeyRecord:
             "tier": self.tier,
             "created": str(self.created),
             "expires": str(self.expires),
-            "status": self.status,
+            RecordFields.STATUS: self.status,
         }
 
     @classmethod
@@ -91,7 +87,7 @@ class KeyRecord:
             tier=f.get("tier", ""),
             created=int(f.get("created") or 0),
             expires=int(f.get("expires") or 0),
-            status=f.get("status", "revoked"),
+            status=f.get(RecordFields.STATUS, RecordFields.REVOKED),
             cidrs=tuple(c for c in f.get("cidrs", "").split(",") if c),
             rotated_from=f.get("rotated_from", ""),
         )
@@ -141,7 +137,7 @@ class KeyStore:
             tier=tier,
             created=now,
             expires=now + expires_in if expires_in else 0,
-            status="active",
+            status=RecordFields.ACTIVE,
             cidrs=parse_cidrs(cidrs),
         )
         await self._put(record)
@@ -153,7 +149,7 @@ class KeyStore:
         """A new key for the same principal; the old one stays valid for `overlap` seconds
         more (or until its own expiry, if sooner). (old record, new record, new key) or None."""
         old = await self.get(key_id)
-        if old is None or old.status != "active":
+        if old is None or old.status != RecordFields.ACTIVE:
             return None
         now = int(self._clock())
         new_id, key = new_key()
@@ -189,7 +185,7 @@ class KeyStore:
         name = key_record_name(key_id)
         if not await self._redis.exists(name):
             return False
-        await self._redis.hset(name, "status", "revoked")
+        await self._redis.hset(name, RecordFields.STATUS, RecordFields.REVOKED)
         return True
 
     async def list(self) -> list[KeyRecord]:
@@ -244,7 +240,7 @@ class ApiKeyAuthenticator:
             raise Denied(Status.UNAUTHENTICATED, Reason.UNKNOWN_KEY)
         if not matches:
             raise Denied(Status.UNAUTHENTICATED, Reason.BAD_KEY_SECRET)
-        if record.status != "active":
+        if record.status != RecordFields.ACTIVE:
             raise Denied(Status.UNAUTHENTICATED, Reason.KEY_REVOKED)
         if record.expires and record.expires <= self._clock():
             raise Denied(Status.UNAUTHENTICATED, Reason.KEY_EXPIRED)

@@ -20,15 +20,10 @@ from redis.exceptions import RedisError
 from extauthz.authn.jwt import public_key_from_jwk
 from extauthz.cache import TTLCache
 from extauthz.clock import Clock, system_clock
-from extauthz.limits.keys import subject_tag
+from extauthz.store.schema import DEVICE_INDEX, RecordFields, device_record_name
 from extauthz.types import NO_DEVICE, Denied, Device, Reason, Status
 
 TRUST_LEVELS = ("registered", "managed", "attested")  # weakest first; "none" below them all
-DEVICE_INDEX = "ea:devices"
-
-
-def device_record_name(subject: str, thumbprint: str) -> str:
-    return f"ea:{{{subject_tag(subject)}}}:dev:{thumbprint}"
 
 
 def thumbprint_of(jwk: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -56,7 +51,7 @@ class DeviceRecord:
             "trust": self.trust,
             "created": str(self.created),
             "expires": str(self.expires),
-            "status": self.status,
+            RecordFields.STATUS: self.status,
             "jwk": self.jwk,
         }
 
@@ -69,7 +64,7 @@ class DeviceRecord:
             trust=f.get("trust", ""),
             created=int(f.get("created") or 0),
             expires=int(f.get("expires") or 0),
-            status=f.get("status", "revoked"),
+            status=f.get(RecordFields.STATUS, RecordFields.REVOKED),
             jwk=f.get("jwk", ""),
         )
 
@@ -100,7 +95,7 @@ class DeviceStore:
             trust=trust,
             created=now,
             expires=now + expires_in if expires_in else 0,
-            status="active",
+            status=RecordFields.ACTIVE,
             jwk=json.dumps(public, sort_keys=True),
         )
         name = device_record_name(subject, thumbprint)
@@ -131,7 +126,9 @@ class DeviceStore:
             if record.thumbprint != thumbprint or (subject and record.subject != subject):
                 continue
             await self._redis.hset(
-                device_record_name(record.subject, thumbprint), "status", "revoked"
+                device_record_name(record.subject, thumbprint),
+                RecordFields.STATUS,
+                RecordFields.REVOKED,
             )
             revoked += 1
         return revoked
@@ -170,7 +167,7 @@ class DeviceRegistry:
             self._cache.put((subject, thumbprint), record)
         if record is _NOT_ENROLLED or record.expired(self._clock()):
             return Device(thumbprint=thumbprint, trust=NO_DEVICE.trust)
-        if record.status != "active":
+        if record.status != RecordFields.ACTIVE:
             raise Denied(Status.UNAUTHENTICATED, Reason.DEVICE_REVOKED)
         trust = record.trust if record.trust in TRUST_LEVELS else NO_DEVICE.trust
         return Device(

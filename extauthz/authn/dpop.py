@@ -58,7 +58,7 @@ from extauthz.authn.jwt import (
 )
 from extauthz.cache import TTLCache
 from extauthz.clock import Clock, system_clock
-from extauthz.limits.keys import subject_tag
+from extauthz.store import schema
 from extauthz.types import Denied, Reason, Status
 
 MAX_PROOF_BYTES = 4096
@@ -162,8 +162,7 @@ def request_uris(origins: tuple[str, ...], path: str) -> tuple[str, ...]:
 
 def replay_key(subject: str, proof: Proof) -> str:
     """Redis key remembering a proof's jti; shares the subject's hash tag (one Lua call)."""
-    digest = hashlib.sha256(f"{proof.jkt} {proof.jti}".encode()).hexdigest()[:32]
-    return f"ea:{{{subject_tag(subject)}}}:jti:{digest}"
+    return schema.replay_key(subject, proof.jkt, proof.jti)
 
 
 class ProofVerifier:

@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 
 from extauthz.authn.apikeys import KeyStore
 from extauthz.dev.devstack import Stack
-from extauthz.limits.throttle import AutoThreat, RefusedSources, ThreatWatcher, ThrottleStore
+from extauthz.limits.throttle import ThrottleStore
+from extauthz.threat import AutoThreat, RefusedSources, ThreatWatcher
 from extauthz.wiring import build_service, key_pepper
 from tests.e2e.payloads import DIGITS
 from tests.integration.conftest import Clock

@@ -12,8 +12,8 @@ from joserfc.jwk import ECKey
 
 from extauthz.authn.devices import DeviceRegistry, DeviceStore, device_record_name
 from extauthz.authn.dpop import Proof, replay_key
-from extauthz.limits.keys import subject_tag
 from extauthz.limits.limiter import Limiter
+from extauthz.store.schema import subject_tag
 from extauthz.types import Denied, Device, Principal, Reason, Status, Window
 from tests.integration.conftest import Clock
 

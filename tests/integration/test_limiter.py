@@ -17,10 +17,10 @@ from redis.crc import key_slot
 from extauthz.authn.apikeys import key_record_name
 from extauthz.authn.devices import device_record_name
 from extauthz.dev.devstack import Stack
-from extauthz.limits.keys import device_tag, prefix_tag, source_prefix, subject_tag
 from extauthz.limits.limiter import Limiter, LimiterConfig
 from extauthz.limits.throttle import ThrottleStore
 from extauthz.settings import Settings
+from extauthz.store.schema import device_tag, prefix_tag, source_prefix, subject_tag
 from extauthz.types import (
     Denied,
     Device,

@@ -1,16 +1,23 @@
-"""The Redis key schema of the limiter: `ea:{<hash tag>}:<kind>:...`.
+"""The Redis schema: every key and every hash field the service and its tools use, named once.
 
-Keys that one Lua call must read together share a hash tag, so a call works on Redis Cluster:
+Keys are `ea:{<hash tag>}:<kind>:...`. Keys that one Lua call must read together share a hash
+tag, so a call works on Redis Cluster:
 
 - `{sub:<h>}`   a subject's own windows (`credential`, `subject`, and combinations with them),
-                its risk multiplier, strike counter and quarantine, its devices and DPoP jtis
+                its risk hash, strike counter and quarantine, its devices and DPoP jtis
 - `{key:<id>}`  an API key's record (the revocation check)
 - `{pfx:<net>}` a source prefix's windows, failed-authentication counter and quarantine
 - `{dev:<h>}`   a device's windows and quarantine
 - `{proj:<h>}`, `{model:<name>}`  project- and model-wide windows
 
 On a single Redis all of a decision's keys go into one call whatever their tags; on a cluster
-the limiter makes one call per slot (limiter.py).
+the limiter makes one call per slot (limits/limiter.py).
+
+Adding state: write a key function here (with its hash tag: which Lua call must see it beside
+what?) and, for a hash, a `Fields` class below listing its fields; add the class to `_LUA` if
+a Lua script reads or writes it, and write `${<prefix>_<field>}` in the script (rendered once
+at load time by `render_lua`, so a script never spells a field itself). Streams (analytics
+events, audit per writer) are keys like any other: a function here returning the stream name.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 from functools import lru_cache
+from string import Template
+from typing import Any
 
 from extauthz.types import Principal, Window
 
@@ -84,13 +93,14 @@ def device_tag(thumbprint: str) -> str:
 
 
 def quarantine_key(tag: str) -> str:
-    """The quarantine flag of a subject, device or prefix: a hash {kind, target, cause, by,
-    set_at, until} that expires with the quarantine."""
+    """The quarantine flag of a subject, device or prefix: a hash of QuarantineFields that
+    expires with the quarantine."""
     return f"ea:{{{tag}}}:quarantine"
 
 
 def risk_key(subject: str) -> str:
-    """A subject's risk multiplier (a float; limits of its own windows are multiplied by it)."""
+    """A subject's risk hash (RiskFields; limits of its own windows are multiplied by its
+    multiplier)."""
     return f"ea:{{{subject_tag(subject)}}}:risk"
 
 
@@ -110,7 +120,100 @@ def policy_denial_key(tag: str, window: int) -> str:
     return f"ea:{{{tag}}}:pd:{window}"
 
 
-THREAT_KEY = "ea:threat"  # the operator-set threat level: a hash {level, reason, by, until}
+THREAT_KEY = "ea:threat"  # the operator-set threat level: a hash of ThreatFields
+
+DEVICE_INDEX = "ea:devices"  # a set of every device record's key (for `extauthz devices list`)
+
+
+def key_record_name(key_id: str) -> str:
+    """An API key's record (a hash of RecordFields and the key's own fields, authn/apikeys.py);
+    its hash tag is shared with that key's counters."""
+    return f"ea:{{key:{key_id}}}:key"
+
+
+def device_record_name(subject: str, thumbprint: str) -> str:
+    """A device enrollment's record (RecordFields and its own, authn/devices.py), under the
+    subject's tag: the decision's one Lua call checks it beside the subject's windows."""
+    return f"ea:{{{subject_tag(subject)}}}:dev:{thumbprint}"
+
+
+def replay_key(subject: str, jkt: str, jti: str) -> str:
+    """A DPoP proof's jti, set if absent in the decision's Lua call; the subject's hash tag."""
+    digest = hashlib.sha256(f"{jkt} {jti}".encode()).hexdigest()[:32]
+    return f"ea:{{{subject_tag(subject)}}}:jti:{digest}"
+
+
+RISK_PATTERN = "ea:{sub:*}:risk"  # SCAN patterns of the operator listings
+QUARANTINE_PATTERN = "ea:{*}:quarantine"
+
+
+# ---- hash fields. Each class names the fields of one kind of hash.
+
+
+class RecordFields:
+    """What the decision's state check reads of an API key's or a device's record."""
+
+    STATUS = "status"
+    ACTIVE = "active"  # the only status that passes
+    REVOKED = "revoked"
+
+
+class QuarantineFields:
+    """A quarantine flag (`quarantine_key`): who or what, why, by whom, from and until when
+    (epoch s). Written by the Lua scripts (automatic) and by `extauthz throttle quarantine`."""
+
+    KIND = "kind"  # subject | device | prefix
+    TARGET = "target"
+    CAUSE = "cause"
+    BY = "by"  # auto | cli | ...
+    SET_AT = "set_at"
+    UNTIL = "until"
+
+
+class RiskFields:
+    """A subject's risk hash (`risk_key`): its own windows' limits are multiplied by
+    `multiplier` inside the decision's Lua call."""
+
+    MULTIPLIER = "multiplier"
+    SUBJECT = "subject"
+    REASON = "reason"
+    UNTIL = "until"
+
+
+class ThreatFields:
+    """The threat level hash (`THREAT_KEY`), polled by every worker (threat.py)."""
+
+    LEVEL = "level"
+    REASON = "reason"
+    BY = "by"
+    UNTIL = "until"
+
+
+def decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
+    """An HGETALL reply as text (clients may or may not decode responses)."""
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in raw.items()
+    }
+
+
+# The names a Lua script may use, `${prefix_field}` in lower case: `${quarantine_kind}`.
+_LUA = {"record": RecordFields, "quarantine": QuarantineFields, "risk": RiskFields}
+
+
+def lua_names() -> dict[str, str]:
+    return {
+        f"{prefix}_{name.lower()}": value
+        for prefix, cls in _LUA.items()
+        for name, value in vars(cls).items()
+        if name.isupper()
+    }
+
+
+def render_lua(source: str) -> str:
+    """A script's source with every `${name}` replaced by its field name (once, at load time:
+    no cost per call). KeyError for a name the schema does not know."""
+    return Template(source).substitute(lua_names())
 
 
 def window_tag(dims: dict[str, str], key: tuple[str, ...]) -> str:
