@@ -127,6 +127,7 @@ class Service:
     redis: aioredis.Redis
     opa: OpaClient
     watcher: RevisionWatcher
+    threat: ThreatWatcher
     shadow: Shadow | None
     decision_log: DecisionLog
     limiter: Limiter
@@ -137,10 +138,11 @@ class Service:
         await self.opa.start()
         await self.watcher.poll_once()  # a cold cache and fallback table are ready at once
         self.watcher.start()
-        await self.limiter.start()  # the threat level, polled off the request path
+        await self.threat.poll_once()  # the threat level, polled off the request path too
+        self.threat.start()
 
     async def close(self) -> None:
-        await self.limiter.close()
+        await self.threat.stop()
         await self.watcher.stop()
         if self.shadow is not None:
             await self.shadow.drain()
@@ -186,13 +188,9 @@ def build_service(settings: Settings) -> Service:
     cache = DecisionCache(settings.decision_cache_size, "enforced", settings.decision_cache_bytes)
     policy = PolicyEngine(opa, watcher, cache, shadow)
     decision_log = DecisionLog(settings.decision_log)
+    threat = ThreatWatcher(redis, settings.threat_poll_interval, auto=auto_threat(settings, redis))
     limiter = Limiter(
-        redis,
-        settings.redis_timeout,
-        config=LimiterConfig.from_settings(settings),
-        threat=ThreatWatcher(
-            redis, settings.threat_poll_interval, auto=auto_threat(settings, redis)
-        ),
+        redis, settings.redis_timeout, config=LimiterConfig.from_settings(settings), threat=threat
     )
     handler = CheckHandler(
         Authenticator(
@@ -209,6 +207,7 @@ def build_service(settings: Settings) -> Service:
         redis=redis,
         opa=opa,
         watcher=watcher,
+        threat=threat,
         shadow=shadow,
         decision_log=decision_log,
         limiter=limiter,

@@ -174,16 +174,18 @@ def test_policy_decision_cache_hit(benchmark, opa, view, principal, loop) -> Non
 
 
 # ---- 4. state: the one Lua round trip
-def test_limits_lua_round_trip(benchmark, settings, redis, principal, policy, loop) -> None:  # type: ignore[no-untyped-def]
+def test_limits_lua_round_trip(benchmark, settings, redis, principal, policy, view, loop) -> None:  # type: ignore[no-untyped-def]
     limiter = Limiter(redis, settings.redis_timeout)
-    result = bench_async(benchmark, loop, lambda: limiter.check(principal, policy.quota))
+    result = bench_async(
+        benchmark, loop, lambda: limiter.check(principal, policy.quota, view, policy)
+    )
     assert result.allowed
 
 
 # ---- 5. respond
 def test_response_build(benchmark, view, principal, policy, settings, redis, loop) -> None:  # type: ignore[no-untyped-def]
     limits = loop.run_until_complete(
-        Limiter(redis, settings.redis_timeout).check(principal, policy.quota)
+        Limiter(redis, settings.redis_timeout).check(principal, policy.quota, view, policy)
     )
     decision_id = uuid.uuid4().hex
     decision = Decision(

@@ -85,6 +85,7 @@ class Limiter:
         self.redis: QuotaBackend = RedisBackend(redis, clock, c, self.local, self.known)
         self.fallback: QuotaBackend = MemoryBackend(c, self.known)
         self.guard = SourceGuard(redis, timeout, clock, c, self.local, self.known)
+        # the level is polled by the service (wiring.Service.start); tests may leave it normal
         self.threat = threat or ThreatWatcher(redis, clock=clock)
 
     def observe(self, decision: Decision, view: RequestView) -> None:
@@ -97,13 +98,6 @@ class Limiter:
         if status not in (200, 403, 429):
             return
         self.threat.record(hash_tag(principal), self.source_of(view), status != 200)
-
-    async def start(self) -> None:
-        await self.threat.poll_once()
-        self.threat.start()
-
-    async def close(self) -> None:
-        await self.threat.stop()
 
     # ---- the source guard (limits/guard.py): failures counted against sources
     def source_of(self, view: RequestView) -> str:
@@ -126,14 +120,13 @@ class Limiter:
         self,
         principal: Principal,
         quota: tuple[Window, ...],
-        view: RequestView | None = None,
-        policy: PolicyDecision | None = None,
+        view: RequestView,
+        policy: PolicyDecision,
     ) -> LimitResult:
         now = self._clock()
-        source = self.source_of(view) if view is not None else ""
-        model = view.route.name if view is not None else ""
+        source = self.source_of(view)
         level = self.threat.level
-        plan = build_plan(self._config, level, principal, quota, source, model, policy)
+        plan = build_plan(self._config, level, principal, quota, source, view.route.name, policy)
         local = self._local_verdict(plan, now)
         if local is not None:
             return local
@@ -142,7 +135,7 @@ class Limiter:
             async with asyncio.timeout(self._timeout):
                 result = await self.redis.consume(plan, now)
         except (StorageError, TimeoutError) as exc:
-            if policy is not None and policy.fail_mode == "open":
+            if policy.fail_mode == "open":
                 return await self.fallback.consume(plan, now)
             kind = exc.kind if isinstance(exc, StorageError) else type(exc).__name__
             raise Denied(Status.UNAVAILABLE, Reason.REDIS_UNAVAILABLE, kind) from exc

@@ -73,14 +73,14 @@ def build_plan(
     quota: tuple[Window, ...],
     source: str,
     model: str,
-    policy: PolicyDecision | None,
+    policy: PolicyDecision,
 ) -> Plan:
     """Every key one decision reads or writes in Redis, and its windows scaled by the threat
     level (`c`: the LimiterConfig)."""
-    dims = dimension_values(principal, source, model, policy.project if policy else "")
+    dims = dimension_values(principal, source, model, policy.project)
     factor = 1.0
     if level != "normal":
-        table = dict(policy.throttle) if policy is not None and policy.throttle else {}
+        table = dict(policy.throttle) if policy.throttle else {}
         factor = table.get(level, c.threat_factors.get(level, 1.0))
     windows = []
     for w in quota:

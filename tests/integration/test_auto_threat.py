@@ -130,9 +130,9 @@ async def test_unauthenticated_and_quarantined_traffic_does_not_move_it(
             codes.add((await service.handler.check(req)).denied_response.status.code)
         assert codes == {401, 429}  # stuffing, then the quarantined network
         await asyncio.sleep(1.1)
-        await service.limiter.threat.poll_once()
+        await service.threat.poll_once()
         assert (await store.threat()).level == "normal"
-        assert service.limiter.threat.level == "normal"
+        assert service.threat.level == "normal"
     finally:
         await service.close()
         await store.clear_threat()

@@ -16,6 +16,7 @@ from extauthz.limits.limiter import Limiter
 from extauthz.store.schema import subject_tag
 from extauthz.types import Denied, Device, Principal, Reason, Status, Window
 from tests.integration.conftest import Clock
+from tests.integration.test_limiter import anywhere
 
 pytestmark = pytest.mark.integration
 
@@ -96,11 +97,11 @@ async def test_revocation_is_immediate_even_while_cached(
     sub, key = subject(), ECKey.generate_key("P-256")
     await store.enroll(sub, key.as_dict(), "managed")
     device = await registry.lookup(sub, key.thumbprint())
-    assert (await limiter.check(principal(sub, device, "j1"), MINUTE5)).allowed
+    assert (await limiter.check(principal(sub, device, "j1"), MINUTE5, *anywhere(MINUTE5))).allowed
     assert await store.revoke(key.thumbprint()) == 1
     cached = await registry.lookup(sub, key.thumbprint())  # still cached as active
     with pytest.raises(Denied) as info:
-        await limiter.check(principal(sub, cached, "j2"), MINUTE5)
+        await limiter.check(principal(sub, cached, "j2"), MINUTE5, *anywhere(MINUTE5))
     assert info.value.status is Status.UNAUTHENTICATED
     assert info.value.reason is Reason.DEVICE_REVOKED
     # once the cache expires, the lookup itself refuses
@@ -118,13 +119,13 @@ async def test_a_replayed_jti_is_refused_in_the_same_call(
     sub, key = subject(), ECKey.generate_key("P-256")
     await store.enroll(sub, key.as_dict(), "managed")
     device = await DeviceRegistry(store, clock=clock).lookup(sub, key.thumbprint())
-    first = await limiter.check(principal(sub, device, "jti-1"), MINUTE5)
+    first = await limiter.check(principal(sub, device, "jti-1"), MINUTE5, *anywhere(MINUTE5))
     assert first.allowed and first.windows[0].remaining == 4
     with pytest.raises(Denied) as info:
-        await limiter.check(principal(sub, device, "jti-1"), MINUTE5)
+        await limiter.check(principal(sub, device, "jti-1"), MINUTE5, *anywhere(MINUTE5))
     assert info.value.reason is Reason.DPOP_REPLAY
     # the replay consumed no quota; a fresh proof is admitted
-    again = await limiter.check(principal(sub, device, "jti-2"), MINUTE5)
+    again = await limiter.check(principal(sub, device, "jti-2"), MINUTE5, *anywhere(MINUTE5))
     assert again.allowed and again.windows[0].remaining == 3
     # the jti is remembered for the acceptance window (TTL set in the same call)
     name = replay_key(sub, Proof(key.thumbprint(), "jti-1", 0))
@@ -138,11 +139,11 @@ async def test_a_rate_limited_proof_is_spent_all_the_same(
     sub = subject()
     device = Device(thumbprint="jkt", trust="none")  # not enrolled: no state key
     one = (Window("minute", 1, 60),)
-    assert (await limiter.check(principal(sub, device, "a"), one)).allowed
-    limited = await limiter.check(principal(sub, device, "b"), one)
+    assert (await limiter.check(principal(sub, device, "a"), one, *anywhere(one))).allowed
+    limited = await limiter.check(principal(sub, device, "b"), one, *anywhere(one))
     assert not limited.allowed and limited.reason is Reason.RATE_LIMITED
     with pytest.raises(Denied) as info:
-        await limiter.check(principal(sub, device, "b"), one)
+        await limiter.check(principal(sub, device, "b"), one, *anywhere(one))
     assert info.value.reason is Reason.DPOP_REPLAY
 
 
@@ -152,10 +153,12 @@ async def test_one_redis_call_per_dpop_decision(redis: aioredis.Redis, clock: Cl
     sub, key = subject(), ECKey.generate_key("P-256")
     await store.enroll(sub, key.as_dict(), "managed")
     device = await DeviceRegistry(store, clock=clock).lookup(sub, key.thumbprint())
-    await limiter.check(principal(sub, device, "warm"), MINUTE5)  # script loaded
+    await limiter.check(
+        principal(sub, device, "warm"), MINUTE5, *anywhere(MINUTE5)
+    )  # script loaded
     before = await redis.info("commandstats")
     for i in range(3):
-        await limiter.check(principal(sub, device, f"j{i}"), MINUTE5)
+        await limiter.check(principal(sub, device, f"j{i}"), MINUTE5, *anywhere(MINUTE5))
     after = await redis.info("commandstats")
     calls = {k: after[k]["calls"] - before.get(k, {"calls": 0})["calls"] for k in after}
     assert calls.get("cmdstat_evalsha") == 3
