@@ -18,7 +18,8 @@ from extauthz.authn.apikeys import ApiKeyAuthenticator, KeyStore
 from extauthz.authn.authenticator import Authenticator, TokenAuthenticator
 from extauthz.authn.devices import DeviceRegistry, DeviceStore
 from extauthz.authn.dpop import NonceIssuer, ProofRules, ProofVerifier
-from extauthz.authn.jwt import JwksSource, JwtVerifier, TokenRules
+from extauthz.authn.jwks import JwksSource
+from extauthz.authn.jwt import JwtVerifier, TokenRules
 from extauthz.authn.mtls import CertificateVerifier, IdentityMap, MtlsAuthenticator, load_ca_bundle
 from extauthz.decisionlog import DecisionLog
 from extauthz.handler import CheckHandler

@@ -101,7 +101,8 @@ def test_authn_apikey_cache_miss_redis(benchmark, settings, redis, loop, api_key
 
 @pytest.fixture(scope="module")
 def jwt_setup(run_dir: Path, loop):  # type: ignore[no-untyped-def]
-    from extauthz.authn.jwt import JwksSource, JwtVerifier, TokenRules
+    from extauthz.authn.jwks import JwksSource
+    from extauthz.authn.jwt import JwtVerifier, TokenRules
     from extauthz.dev.issuer import DevIssuer, make_proof, new_device_key
 
     issuer = DevIssuer(run_dir / "dev-issuer", "bench-issuer", "extauthz")

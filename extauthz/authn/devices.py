@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from extauthz.authn.jwt import public_key_from_jwk
+from extauthz.authn.jwks import public_key_from_jwk
 from extauthz.cache import TTLCache
 from extauthz.clock import Clock, system_clock
 from extauthz.store.schema import DEVICE_INDEX, RecordFields, device_record_name

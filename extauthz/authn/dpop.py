@@ -49,11 +49,11 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import Key
 
+from extauthz.authn.jwks import public_key_from_jwk
 from extauthz.authn.jwt import (
     AllowListRegistry,
     b64url,
     key_fits_alg,
-    public_key_from_jwk,
     verify_signature,
 )
 from extauthz.cache import TTLCache
