@@ -22,7 +22,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -44,8 +43,6 @@ from extauthz.authn.jwks import JwksSource
 from extauthz.cache import TTLCache
 from extauthz.clock import Clock, system_clock
 from extauthz.types import Denied, Reason, Status
-
-log = logging.getLogger(__name__)
 
 # The only algorithms this service ever accepts, and the key type each one needs.
 KEY_TYPE_OF_ALG = {"RS256": "RSA", "ES256": "EC", "EdDSA": "OKP"}
