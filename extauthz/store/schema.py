@@ -123,6 +123,7 @@ def policy_denial_key(tag: str, window: int) -> str:
 THREAT_KEY = "ea:threat"  # the operator-set threat level: a hash of ThreatFields
 
 DEVICE_INDEX = "ea:devices"  # a set of every device record's key (for `extauthz devices list`)
+KEY_INDEX = "ea:keys"  # a set of every API key id (for `extauthz keys list`)
 
 
 def key_record_name(key_id: str) -> str:
@@ -147,7 +148,8 @@ RISK_PATTERN = "ea:{sub:*}:risk"  # SCAN patterns of the operator listings
 QUARANTINE_PATTERN = "ea:{*}:quarantine"
 
 
-# ---- hash fields. Each class names the fields of one kind of hash.
+# ---- hash fields. Each class names the fields of one kind of hash. (A window's counter,
+# `counter_key`, and the failure counters are hashes of sub-bucket index → count: no fixed names.)
 
 
 class RecordFields:
@@ -156,6 +158,31 @@ class RecordFields:
     STATUS = "status"
     ACTIVE = "active"  # the only status that passes
     REVOKED = "revoked"
+
+
+class KeyFields(RecordFields):
+    """An API key's record (`key_record_name`), besides its status (authn/apikeys.py)."""
+
+    HASH = "hash"  # the keyed hash of the key; the key itself is never stored
+    SUBJECT = "subject"
+    ROLES = "roles"  # comma-separated
+    PROJECTS = "projects"  # comma-separated
+    TIER = "tier"
+    CREATED = "created"
+    EXPIRES = "expires"  # epoch s; 0: never
+    CIDRS = "cidrs"  # comma-separated client networks; empty: anywhere
+    ROTATED_FROM = "rotated_from"
+
+
+class DeviceFields(RecordFields):
+    """A device enrollment's record (`device_record_name`), besides its status."""
+
+    SUBJECT = "subject"
+    THUMBPRINT = "thumbprint"
+    TRUST = "trust"
+    CREATED = "created"
+    EXPIRES = "expires"  # epoch s; 0: never
+    JWK = "jwk"  # the public JWK (JSON)
 
 
 class QuarantineFields:
