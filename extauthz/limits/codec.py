@@ -5,7 +5,7 @@ no I/O."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -24,7 +24,7 @@ def load_script(name: str) -> str:
 ADMITTED, FULL, INACTIVE, REPLAYED, BLOCKED = 1, 0, -1, -2, -3  # the reply's verdicts
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CheckWindow:
     key: str
     limit: int
@@ -32,19 +32,19 @@ class CheckWindow:
     own: bool  # the subject's own window: scaled by its risk, a deny by it is a strike
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Strike:
     counter: str
     guard: str
     quarantine: str  # the subject's quarantine flag
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CheckArgs:
     now_ms: int
-    state: tuple[str, ...]  # records whose status must be active
-    blocks: tuple[str, ...]  # quarantine flags that must not exist
-    singles: tuple[str, ...]  # single-use keys (DPoP jtis)
+    state: list[str]  # records whose status must be active
+    blocks: list[str]  # quarantine flags that must not exist
+    singles: list[str]  # single-use keys (DPoP jtis)
     single_ttl_ms: int
     risk: str  # the subject's risk hash, "" when no own window is checked
     strike: Strike | None
@@ -54,7 +54,7 @@ class CheckArgs:
     subject: str  # recorded in a quarantine
     cause: str
     sub_buckets: int
-    windows: tuple[CheckWindow, ...]
+    windows: list[CheckWindow]
 
     def encode(self) -> Encoded:
         keys = [*self.state, *self.blocks, *self.singles]
@@ -83,7 +83,7 @@ class CheckArgs:
         return keys, args
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WindowReply:
     remaining: int
     reset_ms: int  # on a deny: until a request would be admitted; else until room comes back
@@ -91,22 +91,22 @@ class WindowReply:
     denied: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CheckReply:
     verdict: int  # ADMITTED, FULL, INACTIVE, REPLAYED or BLOCKED
     index: int = 0  # INACTIVE, REPLAYED, BLOCKED: the 1-based index of the key among its kind
     ms: int = 0  # FULL: retry after; BLOCKED: the quarantine's remaining ms
     quarantined: bool = False  # FULL: this deny quarantined the subject
-    windows: tuple[WindowReply, ...] = ()
+    windows: list[WindowReply] = field(default_factory=list)
 
     @classmethod
     def decode(cls, raw: list[Any]) -> CheckReply:
         verdict = int(raw[0])
         if verdict == FULL or verdict == ADMITTED:
-            windows = tuple(
+            windows = [
                 WindowReply(int(raw[j]), int(raw[j + 1]), int(raw[j + 2]), int(raw[j + 3]) == 1)
                 for j in range(3, len(raw), 4)
-            )
+            ]
             return cls(verdict, 0, int(raw[1]), int(raw[2]) == 1, windows)
         return cls(verdict, int(raw[1]), int(raw[2]) if verdict == BLOCKED else 0)
 
@@ -114,7 +114,7 @@ class CheckReply:
 # ---- refund.lua: Cluster only, give back what one slot counted when another denied
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RefundArgs:
     counters: tuple[str, ...]
     buckets: tuple[int, ...]  # the sub-bucket each counter was counted in
@@ -126,7 +126,7 @@ class RefundArgs:
 # ---- auth_failure.lua: a failed authentication counted against its source prefix
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AuthFailureArgs:
     counter: str
     flag: str  # the prefix's quarantine flag
@@ -151,7 +151,7 @@ class AuthFailureArgs:
         return [self.counter, self.flag], args
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AuthFailureReply:
     quarantined: bool
     value: int  # quarantined: its remaining ms; else failures counted in the window
@@ -164,7 +164,7 @@ class AuthFailureReply:
 # ---- policy_denial.lua: a policy denial counted against a subject and a source prefix
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DenialPair:
     counter: str
     flag: str  # the quarantine flag of the counter's tag
@@ -173,7 +173,7 @@ class DenialPair:
     target: str  # recorded in a quarantine
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PolicyDenialArgs:
     now_ms: int
     sub_buckets: int
@@ -206,7 +206,7 @@ class PolicyDenialArgs:
         ]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PolicyDenialReply:
     blocked: int  # the 1-based index of the first pair quarantined (now or before), 0: none
     ms: int  # its remaining quarantine ms

@@ -120,9 +120,9 @@ def check_args(c: Any, plan: Plan, call: Call, now_ms: int) -> CheckArgs:
     """The arguments of check_and_consume.lua for one call (`c`: the LimiterConfig)."""
     return CheckArgs(
         now_ms=now_ms,
-        state=tuple(plan.state[i][0] for i in call.state),
-        blocks=tuple(plan.blocks[i][0] for i in call.blocks),
-        singles=tuple(call.singles),
+        state=[plan.state[i][0] for i in call.state],
+        blocks=[plan.blocks[i][0] for i in call.blocks],
+        singles=call.singles,
         single_ttl_ms=plan.single_ttl_ms,
         risk=call.risk,
         strike=call.strike,
@@ -132,10 +132,10 @@ def check_args(c: Any, plan: Plan, call: Call, now_ms: int) -> CheckArgs:
         subject=plan.subject,
         cause=f"strikes: over its limits {c.strikes} times in {c.strike_period} s",
         sub_buckets=SUB_BUCKETS,
-        windows=tuple(
+        windows=[
             CheckWindow(w.key, w.window.limit, w.window.window * 1000, w.own)
-            for w in (plan.windows[i] for i in call.windows)
-        ),
+            for w in [plan.windows[i] for i in call.windows]
+        ],
     )
 
 

@@ -170,13 +170,13 @@ def test_check_args_flag_absent_risk_and_strike() -> None:
 def test_check_reply_decodes_every_verdict() -> None:
     admitted = CheckReply.decode([1, 0, 0, 9, 6000, 10, 0, 99, 6000, 100, 0])
     assert admitted.verdict == ADMITTED and not admitted.quarantined
-    assert admitted.windows == (
+    assert admitted.windows == [
         WindowReply(9, 6000, 10, False),
         WindowReply(99, 6000, 100, False),
-    )
+    ]
     full = CheckReply.decode([0, 4200, 1, 0, 4200, 10, 1])
     assert (full.verdict, full.ms, full.quarantined) == (FULL, 4200, True)
-    assert full.windows == (WindowReply(0, 4200, 10, True),)
+    assert full.windows == [WindowReply(0, 4200, 10, True)]
     assert CheckReply.decode([-1, 2, 0]) == CheckReply(INACTIVE, 2)
     assert CheckReply.decode([-2, 1, 0]) == CheckReply(REPLAYED, 1)
     assert CheckReply.decode([-3, 3, 59_000]) == CheckReply(BLOCKED, 3, 59_000)
