@@ -1,6 +1,6 @@
 """The threat level every worker applies: polled from Redis off the request path (like the
 policy revision, policy/revision.py), raised automatically when many authenticated sources are
-refused at once. Operators set it with `extauthz throttle threat` (limits/throttle.py).
+refused at once. Operators set it with `extauthz throttle set --level` (limits/throttle.py).
 
 - Threat level (`ea:threat`): normal | elevated | high | critical, with a TTL. Limits are
   multiplied by the policy's factor for the level and the model's sensitivity

@@ -1,6 +1,9 @@
 """Stage 4: the decision's state check — one Lua call per Redis slot, one round trip.
 
-Algorithm. Each window is a sub-bucketed sliding window (`keys.SUB_BUCKETS` buckets per
+This module is the strategy (plan, local verdict, which backend); storage is behind
+backend.QuotaBackend: Redis (redis_backend.py) and, while Redis is down, memory (fallback.py).
+
+Algorithm. Each window is a sub-bucketed sliding window (`store.schema.SUB_BUCKETS` buckets per
 window; every bucket overlapping the trailing window counts in full): no trailing window ever
 holds more than `limit` admitted requests; measured under-admission against an exact sliding
 log is 0.3-2 % (bench/limiter_accuracy.py). Retry-After comes from the same counts, so a retry
