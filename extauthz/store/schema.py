@@ -16,8 +16,15 @@ the limiter makes one call per slot (limits/limiter.py).
 Adding state: write a key function here (with its hash tag: which Lua call must see it beside
 what?) and, for a hash, a `Fields` class below listing its fields; add the class to `_LUA` if
 a Lua script reads or writes it, and write `${<prefix>_<field>}` in the script (rendered once
-at load time by `render_lua`, so a script never spells a field itself). Streams (analytics
-events, audit per writer) are keys like any other: a function here returning the stream name.
+at load time by `render_lua`, so a script never spells a field itself). Streams are keys like
+any other: a function here returning the stream's name. For example:
+
+- a field of an existing hash: `DEGRADE = "degrade"` in `RiskFields`; check_and_consume.lua
+  reads it as `${risk_degrade}` from the risk key it already has (no new key, same call);
+- a stream written off the request path: `def query_stream() -> str: return "ea:queries"`
+  (no Lua call reads it beside other keys, so its tag does not matter);
+- one stream per writer: `def audit_stream(writer: str) -> str` returning
+  `f"ea:{{audit:{writer}}}:log"` (its own tag: each writer's stream and chain head on one slot).
 """
 
 from __future__ import annotations
