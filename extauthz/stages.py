@@ -4,7 +4,7 @@ are checked against these signatures (tests/unit/test_stages.py), so neither can
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
 from extauthz.types import (
     Decision,
@@ -27,6 +27,12 @@ class PolicyEngine(Protocol):
     cannot answer."""
 
     async def decide(self, view: RequestView, principal: Principal) -> PolicyDecision: ...
+
+
+class PolicyQuery(Protocol):
+    """What the policy engine asks of OPA on a cache miss (policy/opa.py): one POST."""
+
+    async def decide(self, policy_input: dict[str, Any], path: str = "") -> PolicyDecision: ...
 
 
 class LimitStage(Protocol):
@@ -58,4 +64,4 @@ class DecisionLog(Protocol):
     def record(self, view: RequestView, decision: Decision, duration_ns: int) -> None: ...
 
 
-STAGES: tuple[type, ...] = (Authenticator, PolicyEngine, LimitStage, DecisionLog)
+STAGES: tuple[type, ...] = (Authenticator, PolicyEngine, PolicyQuery, LimitStage, DecisionLog)

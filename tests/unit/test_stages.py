@@ -12,6 +12,8 @@ from extauthz.authn.authenticator import Authenticator
 from extauthz.decisionlog import DecisionLog
 from extauthz.limits.limiter import Limiter
 from extauthz.policy.engine import PolicyEngine
+from extauthz.policy.opa import OpaClient
+from tests.unit.test_engine import FakeOpa
 from tests.unit.test_fuzz import BodyPolicy
 from tests.unit.test_handler import FakeAuthn, FakeLimiter, FakeLog, FakePolicy
 
@@ -21,6 +23,8 @@ IMPLEMENTATIONS = [
     (stages.PolicyEngine, PolicyEngine),
     (stages.PolicyEngine, FakePolicy),
     (stages.PolicyEngine, BodyPolicy),
+    (stages.PolicyQuery, OpaClient),
+    (stages.PolicyQuery, FakeOpa),
     (stages.LimitStage, Limiter),
     (stages.LimitStage, FakeLimiter),
     (stages.DecisionLog, DecisionLog),
