@@ -31,6 +31,7 @@ from pathlib import Path
 from extauthz.dev.devstack import Stack
 from extauthz.limits.limiter import Limiter, LimiterConfig
 from extauthz.store.schema import counter_key, dimension_values
+from extauthz.threat import ThreatWatcher
 from extauthz.types import ModelRoute, PolicyDecision, Principal, RequestView, Window
 from extauthz.wiring import redis_client
 from tests.conftest import stack_settings
@@ -87,7 +88,13 @@ async def replay(
     clock_now = [0.0]
     # no local over-limit cache: every request goes through the script
     config = LimiterConfig(local_cache_size=0, strikes=0)
-    limiter = Limiter(redis, timeout=5.0, clock=lambda: clock_now[0], config=config)
+    limiter = Limiter(
+        redis,
+        timeout=5.0,
+        clock=lambda: clock_now[0],
+        config=config,
+        threat=ThreatWatcher(redis),  # never polled: normal
+    )
     principal = Principal(
         f"acc-{secrets.token_hex(4)}", (), (), "t", "api_key", secrets.token_hex(6)
     )

@@ -75,21 +75,20 @@ class Limiter:
         redis: Any,
         timeout: float,
         clock: Clock = system_clock,
-        config: LimiterConfig | None = None,
-        threat: ThreatWatcher | None = None,
+        *,
+        config: LimiterConfig,
+        threat: ThreatWatcher,  # polled by the service (wiring.Service.start), read here
     ) -> None:
         self._redis = redis
         self._timeout = timeout
         self._clock = clock
-        self._config = config or LimiterConfig()
-        c = self._config
+        self._config = c = config
         self.local = OverLimitCache(c.local_cache_size, c.local_cache_max_age)
         self.known = KnownState(c.fallback_size)
         self.redis: QuotaBackend = RedisBackend(redis, clock, c, self.local, self.known)
         self.fallback: QuotaBackend = MemoryBackend(c, self.known)
         self.guard = SourceGuard(redis, timeout, clock, c, self.local, self.known)
-        # the level is polled by the service (wiring.Service.start); tests may leave it normal
-        self.threat = threat or ThreatWatcher(redis, clock=clock)
+        self.threat = threat
 
     def observe(self, decision: Decision, view: RequestView) -> None:
         """One decision's outcome, for the automatic threat level: only authenticated,

@@ -12,8 +12,9 @@ from joserfc.jwk import ECKey
 
 from extauthz.authn.devices import DeviceRegistry, DeviceStore, device_record_name
 from extauthz.authn.dpop import Proof, replay_key
-from extauthz.limits.limiter import Limiter
+from extauthz.limits.limiter import Limiter, LimiterConfig
 from extauthz.store.schema import subject_tag
+from extauthz.threat import ThreatWatcher
 from extauthz.types import Denied, Device, Principal, Reason, Status, Window
 from tests.integration.conftest import Clock
 from tests.integration.test_limiter import anywhere
@@ -93,7 +94,13 @@ async def test_revocation_is_immediate_even_while_cached(
 ) -> None:
     store = DeviceStore(redis, clock=clock)
     registry = DeviceRegistry(store, cache_ttl=300, clock=clock)
-    limiter = Limiter(redis, timeout=2, clock=clock)
+    limiter = Limiter(
+        redis,
+        timeout=2,
+        clock=clock,
+        config=LimiterConfig(),
+        threat=ThreatWatcher(redis, clock=clock),
+    )
     sub, key = subject(), ECKey.generate_key("P-256")
     await store.enroll(sub, key.as_dict(), "managed")
     device = await registry.lookup(sub, key.thumbprint())
@@ -115,7 +122,13 @@ async def test_a_replayed_jti_is_refused_in_the_same_call(
     redis: aioredis.Redis, clock: Clock
 ) -> None:
     store = DeviceStore(redis, clock=clock)
-    limiter = Limiter(redis, timeout=2, clock=clock)
+    limiter = Limiter(
+        redis,
+        timeout=2,
+        clock=clock,
+        config=LimiterConfig(),
+        threat=ThreatWatcher(redis, clock=clock),
+    )
     sub, key = subject(), ECKey.generate_key("P-256")
     await store.enroll(sub, key.as_dict(), "managed")
     device = await DeviceRegistry(store, clock=clock).lookup(sub, key.thumbprint())
@@ -135,7 +148,13 @@ async def test_a_replayed_jti_is_refused_in_the_same_call(
 async def test_a_rate_limited_proof_is_spent_all_the_same(
     redis: aioredis.Redis, clock: Clock
 ) -> None:
-    limiter = Limiter(redis, timeout=2, clock=clock)
+    limiter = Limiter(
+        redis,
+        timeout=2,
+        clock=clock,
+        config=LimiterConfig(),
+        threat=ThreatWatcher(redis, clock=clock),
+    )
     sub = subject()
     device = Device(thumbprint="jkt", trust="none")  # not enrolled: no state key
     one = (Window("minute", 1, 60),)
@@ -149,7 +168,13 @@ async def test_a_rate_limited_proof_is_spent_all_the_same(
 
 async def test_one_redis_call_per_dpop_decision(redis: aioredis.Redis, clock: Clock) -> None:
     store = DeviceStore(redis, clock=clock)
-    limiter = Limiter(redis, timeout=2, clock=clock)
+    limiter = Limiter(
+        redis,
+        timeout=2,
+        clock=clock,
+        config=LimiterConfig(),
+        threat=ThreatWatcher(redis, clock=clock),
+    )
     sub, key = subject(), ECKey.generate_key("P-256")
     await store.enroll(sub, key.as_dict(), "managed")
     device = await DeviceRegistry(store, clock=clock).lookup(sub, key.thumbprint())

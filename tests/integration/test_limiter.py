@@ -21,6 +21,7 @@ from extauthz.limits.limiter import Limiter, LimiterConfig
 from extauthz.limits.throttle import ThrottleStore
 from extauthz.settings import Settings
 from extauthz.store.schema import device_tag, prefix_tag, source_prefix, subject_tag
+from extauthz.threat import ThreatWatcher
 from extauthz.types import (
     Denied,
     Device,
@@ -54,7 +55,13 @@ async def redis(request: pytest.FixtureRequest, stack: Stack) -> AsyncIterator[A
 
 
 def limiter(redis: Any, clock: Clock, **config: Any) -> Limiter:
-    return Limiter(redis, timeout=2, clock=clock, config=LimiterConfig(**config))
+    return Limiter(
+        redis,
+        timeout=2,
+        clock=clock,
+        config=LimiterConfig(**config),
+        threat=ThreatWatcher(redis, clock=clock),
+    )
 
 
 async def principal(
@@ -501,7 +508,9 @@ async def test_redis_unreachable_fails_closed_unless_the_model_is_fail_open(
     clock: Clock,
 ) -> None:
     dead = redis_client(Settings(redis_url="redis://127.0.0.1:1/0", redis_timeout=0.2))
-    lim = Limiter(dead, timeout=0.2, clock=clock)
+    lim = Limiter(
+        dead, timeout=0.2, clock=clock, config=LimiterConfig(), threat=ThreatWatcher(dead)
+    )
     # a JWT: no key or device state to vouch for (test_redis_fallback.py covers those)
     p = Principal("a", (), (), "t", "jwt", "x")
     with pytest.raises(Denied) as info:
@@ -520,7 +529,9 @@ async def test_a_hung_redis_never_holds_a_decision_past_the_budget(clock: Clock)
     server = await asyncio.start_server(lambda r, w: asyncio.sleep(3600), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     hung = redis_client(Settings(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.15))
-    lim = Limiter(hung, timeout=0.15, clock=clock)
+    lim = Limiter(
+        hung, timeout=0.15, clock=clock, config=LimiterConfig(), threat=ThreatWatcher(hung)
+    )
     p = Principal("a", (), (), "t", "jwt", "x")
     for fail_mode in ("closed", "open"):
         started = time.perf_counter()
