@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OPA := $(shell command -v opa 2>/dev/null || echo bin/opa)
 
-.PHONY: bootstrap up down status demo test test-unit rego-test lint fmt clean bench bench-tools bench-gate soak
+.PHONY: bootstrap up down status demo test test-unit rego-test lint fmt clean bench bench-tools bench-gate soak redteam
 
 bootstrap:  ## install what this machine lacks (venvs, redis-server, opa)
 	@bash scripts/bootstrap.sh
@@ -27,6 +27,7 @@ rego-test: bootstrap  ## opa check --strict, opa fmt, opa test (coverage >= 95 %
 
 test: bootstrap rego-test lint  ## everything: Rego tests, lint, unit, integration, e2e (real stack), bench gate
 	@bash scripts/install_bench_tools.sh --minimal
+	@bash scripts/redteam_venv.sh
 	@$(PY) -m pytest -q -p no:cacheprovider tests
 
 bench-tools:  ## h2load, envoyproxy/ratelimit and the OPA peer (into ./bin) for the benchmarks
@@ -41,6 +42,10 @@ bench-gate: bootstrap  ## the short CI benchmark gate alone (ratios vs bench/bas
 
 soak: bootstrap  ## 10 minutes of mixed traffic through Envoy: RSS, fds, Redis memory, p99 drift (not in CI)
 	@$(PY) -m bench.soak
+
+redteam: bootstrap  ## IBM ART attacks through Envoy, defense off and on (~10 min) -> bench/results/<date>/redteam.md
+	@bash scripts/redteam_venv.sh
+	@$(PY) -m bench.redteam.run
 
 test-unit: bootstrap
 	@$(PY) -m pytest -q tests/unit

@@ -46,17 +46,17 @@ from sklearn.model_selection import train_test_split
 from bench.redteam.client import Blocked, Budget, Caller, Exhausted, Probe, Stopped
 
 N_FEATURES, N_CLASSES, CLIP = 64, 10, (0.0, 16.0)
-EVAL_ROWS = 250  # held-out rows that score surrogates; the rest are "public" (benign replay, seeds)
 
 
 def held_out() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(eval rows, public rows, public labels): the demo's held-out quarter of digits (the split
-    of modelserver/train.py), shuffled once and cut in two."""
+    of modelserver/train.py) cut in two halves, as the analytics reference sample is: the first
+    half (the model owner's registered reference) scores surrogates; the second ("replay") is
+    what benign clients send and the public data attackers start from."""
     X, y = load_digits(return_X_y=True)
     _, X_te, _, y_te = train_test_split(X, y, test_size=0.25, random_state=0, stratify=y)
-    order = np.random.default_rng(0).permutation(len(X_te))
-    X_te, y_te = X_te[order], y_te[order]
-    return X_te[:EVAL_ROWS], X_te[EVAL_ROWS:], y_te[EVAL_ROWS:]
+    half = len(X_te) // 2
+    return X_te[:half], X_te[half:], y_te[half:]
 
 
 class Oracle:
@@ -411,7 +411,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             rows_per_request=spec.get("rows_per_request", 1),
             max_rate=c.get("max_rate", spec.get("max_rate", 0.0)),
             check=oracle.degraded,
-            probe=Probe(spec["redis_port"], c["risk_key"], c["quarantine_keys"]),
+            probe=Probe(
+                spec["redis_port"], c["risk_key"], c["quarantine_keys"], spec["risk_fields"]
+            ),
             start=start,
         )
         for c in spec["callers"]

@@ -79,9 +79,16 @@ class Probe:
     the subject's risk hash (`multiplier`, `degrade`) and whether any of `quarantine_keys`
     exists. Never used by the attacker's decisions."""
 
-    def __init__(self, port: int, risk_key: str, quarantine_keys: Sequence[str]) -> None:
+    def __init__(
+        self,
+        port: int,
+        risk_key: str,
+        quarantine_keys: Sequence[str],
+        fields: Sequence[str] = ("multiplier", "degrade"),
+    ) -> None:
         self.port = port
         self.risk_key = risk_key
+        self.fields = list(fields)  # the risk hash's (multiplier, degrade) field names
         self.quarantine_keys = list(quarantine_keys)
         self._sock: socket.socket | None = None
         self._buf = b""
@@ -131,7 +138,7 @@ class Probe:
                 if self._sock is None:
                     self._sock = socket.create_connection(("127.0.0.1", self.port), timeout=2)
                 self._sock.sendall(
-                    self._command("HMGET", self.risk_key, "multiplier", "degrade")
+                    self._command("HMGET", self.risk_key, *self.fields)
                     + self._command("EXISTS", *self.quarantine_keys)
                 )
                 multiplier, degrade = self._reply()

@@ -33,8 +33,15 @@ from typing import Any
 from extauthz.authn.apikeys import KeyStore
 from extauthz.dev.devstack import ORDER, ROOT, Stack
 from extauthz.dev.runner import Component, free_ports
-from extauthz.limits.keys import prefix_tag, quarantine_key, risk_key, source_prefix, subject_tag
 from extauthz.settings import Settings
+from extauthz.store.schema import (
+    RiskFields,
+    prefix_tag,
+    quarantine_key,
+    risk_key,
+    source_prefix,
+    subject_tag,
+)
 from extauthz.wiring import key_pepper, redis_client
 
 RESULTS = ROOT / "bench" / "results"
@@ -233,6 +240,8 @@ def run_phase(
             "seconds": min(seconds, plan.params.get("seconds", seconds)),
             "rows_per_request": rows_per_request,
             "nominal": nominal_limits(),
+            # the risk hash's fields (the degrade level arrives with response shaping, issue 13)
+            "risk_fields": [RiskFields.MULTIPLIER, getattr(RiskFields, "DEGRADE", "degrade")],
             "callers": caller_specs(plan, keys),
             **plan.params,
         }
