@@ -246,11 +246,11 @@ def run_extraction(spec: dict[str, Any], team: Team, oracle: Oracle) -> dict[str
             for at in range(0, budget, step):
                 team.infer(queries[at : at + step], proba=True)
         else:
-            pool = (
-                copycat_pool(rng, budget * 2)
-                if name == "copycat"
-                else knockoff_pool(rng, oracle.public_x[:20], budget * 2)
-            )
+            if name == "copycat":
+                pool = copycat_pool(rng, budget * 2)
+            else:
+                seeds = oracle.public_x[: spec.get("seeds", 20)]
+                pool = knockoff_pool(rng, seeds, budget * 2, spec.get("sigma", 3.0))
             cls = CopycatCNN if name == "copycat" else KnockoffNets
             extraction = cls(
                 black_box(team),
@@ -328,13 +328,15 @@ def run_evasion(spec: dict[str, Any], team: Team, oracle: Oracle) -> dict[str, A
     }
 
 
-def knockoff_pool(rng: np.random.Generator, seeds: np.ndarray, n: int) -> np.ndarray:
-    """Perturbed copies of a few public digits: shifted by up to a pixel, Gaussian noise."""
+def knockoff_pool(
+    rng: np.random.Generator, seeds: np.ndarray, n: int, sigma: float = 3.0
+) -> np.ndarray:
+    """Perturbed copies of public digits: shifted by up to a pixel, Gaussian noise (sigma)."""
     picks = seeds[rng.integers(0, len(seeds), n)].reshape(n, 8, 8)
     shifted = np.stack(
         [np.roll(img, (rng.integers(-1, 2), rng.integers(-1, 2)), axis=(0, 1)) for img in picks]
     )
-    noisy = shifted.reshape(n, N_FEATURES) + rng.normal(0, 3.0, (n, N_FEATURES))
+    noisy = shifted.reshape(n, N_FEATURES) + rng.normal(0, sigma, (n, N_FEATURES))
     return np.clip(noisy, *CLIP)
 
 
@@ -437,8 +439,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         curve = [[n, score(tr, n, oracle)] for n in checkpoints(len(tr), extra)]
         if action:
             at_action = score(tr, action[0], oracle) if action[0] > 0 else None
+    quarantined = [r for r in records if (r.get("probe") or {}).get("quarantined")]
     return {
         "attack": spec["attack"],
+        "quarantined_at": quarantined[0]["q_total"] if quarantined else None,
         "label": spec.get("label", spec["attack"]),
         "callers": [
             {"source": s["source"], "subject": s["subject"], "policy": c.policy}

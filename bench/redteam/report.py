@@ -73,6 +73,7 @@ def rows(report: dict[str, Any]) -> list[dict[str, Any]]:
                     "final": r["final"],
                     "goal_at": _success_at(r),
                     "blocked": r["blocked"],
+                    "quarantined_at": r.get("quarantined_at"),
                     "stopped": r.get("stopped", ""),
                     "metric": r["metric"],
                     "eps": r.get("eps"),
@@ -154,11 +155,14 @@ def markdown(report: dict[str, Any]) -> str:
         + "` (`make redteam`): every attack and the benign clients at once through Envoy →"
         " extauthz → MLServer `digits`, one stack per defense mode; each caller paces itself by"
         " its `RateLimit-Policy` and waits out 429s; "
-        f"{report['rows_per_request']} row(s) per request. Queries are rows answered.",
+        f"{report['rows_per_request']} row(s) per request. Queries are rows answered."
+        f" Commit {report.get('commit', '?')}; per mode the stack's seconds: "
+        + ", ".join(f"{m} {p.get('seconds', '–')} s" for m, p in report["modes"].items())
+        + ".",
         "",
         "| defense | attack | keys | queries | requests | s | first action (queries, kind) |"
-        " at first action | at the end | goal reached at | stopped |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        " at first action | quarantined at | at the end | goal reached at | stopped |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows(report):
         a = row["first_action"]
@@ -168,7 +172,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {row['mode']} ({row['defense']}) | {row['attack']} | {row['keys']} |"
             f" {row['queries']} | {row['requests']} | {row['seconds']} |"
             f" {action_text} |"
-            f" {_value(r, row['at_action'])} | {_value(r, row['final'])} |"
+            f" {_value(r, row['at_action'])} |"
+            f" {row['quarantined_at'] if row['quarantined_at'] is not None else '–'} |"
+            f" {_value(r, row['final'])} |"
             f" {row['goal_at'] if row['goal_at'] is not None else 'never'} |"
             f" {'blocked' if row['blocked'] else row['stopped'] or 'budget'} |"
         )

@@ -75,6 +75,13 @@ def full_plan() -> tuple[list[Plan], float]:
     return [
         Plan("eqsolve", ["127.0.10.1"], 300, params={"step": 5}),
         Plan("knockoff", ["127.0.11.1"], 2000, params={"step": 10}),
+        Plan(
+            "knockoff",
+            ["127.0.15.1"],
+            2000,
+            label="knockoff-natural",
+            params={"step": 10, "seeds": 225, "sigma": 1.0},
+        ),
         Plan("copycat", ["127.0.12.1"], 2000, params={"step": 10}),
         Plan("hopskipjump", ["127.0.13.1"], 2500, params={"eps_factor": EPS_FACTOR, "target": 3}),
         Plan("boundary", ["127.0.14.1"], 2500, params={"eps_factor": EPS_FACTOR, "target": 3}),
@@ -278,6 +285,9 @@ def run(modes: list[str], short: bool, out: Path, rows_per_request: int) -> dict
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "short": short,
         "rows_per_request": rows_per_request,
+        "commit": subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT
+        ).stdout.strip(),
         "modes": {},
     }
     for mode in modes:
