@@ -205,11 +205,16 @@ def solve_equations(tr: Transcript, n: int, oracle: Oracle) -> float:
     defense degraded it to labels) counts as a one-hot vector, as the attacker gets nothing
     better."""
     x = np.asarray(tr.x[:n])
+    floors = []
     rows = []
     for i in range(n):
         p = tr.proba[i]
         rows.append(one_hot([tr.labels[i]])[0] if p is None else p)
-    logp = np.log(np.clip(np.asarray(rows), 1e-300, None))
+        # scores rounded to 2 decimals (a degraded answer) hide anything below 0.005: the
+        # attacker, seeing only multiples of 0.01, floors there rather than at zero
+        rounded = p is None or np.allclose(np.asarray(p) * 100, np.round(np.asarray(p) * 100))
+        floors.append(0.005 if rounded else 1e-300)
+    logp = np.log(np.maximum(np.asarray(rows), np.asarray(floors)[:, None]))
     centred = logp - logp.mean(axis=1, keepdims=True)
     design = np.hstack([x, np.ones((n, 1))])
     weights, *_ = np.linalg.lstsq(design, centred, rcond=None)

@@ -169,8 +169,11 @@ def infer_body(rows: Sequence[Sequence[float]], proba: bool) -> bytes:
     return json.dumps(body).encode()
 
 
-def decode_outputs(payload: bytes, n: int) -> Outputs:
-    """The V2 response's labels and (if present) probabilities, for `n` rows."""
+def decode_outputs(payload: bytes, n: int, n_classes: int = 10) -> Outputs:
+    """The V2 response's labels and (if present) probabilities, for `n` rows. A top-k answer
+    (`predict_proba` of k columns and `predict_proba_classes`) becomes full vectors: the k
+    scores where they belong, the rest of the mass spread over the other classes (the
+    attacker's best guess); one column without classes (labels only) is no scores at all."""
     doc = json.loads(payload)
     by_name = {o.get("name"): o for o in doc.get("outputs", [])}
     labels: list[int] = []
@@ -181,6 +184,19 @@ def decode_outputs(payload: bytes, n: int) -> Outputs:
         flat = [float(v) for v in _flat(by_name["predict_proba"]["data"])]
         width = len(flat) // n if n else 0
         proba = [flat[i * width : (i + 1) * width] for i in range(n)] if width else None
+        classes = by_name.get("predict_proba_classes")
+        if proba is not None and classes is not None and width < n_classes:
+            idx = [int(v) for v in _flat(classes["data"])]
+            full = []
+            for i, row in enumerate(proba):
+                rest = max(0.0, 1.0 - sum(row)) / max(1, n_classes - width)
+                vec = [rest] * n_classes
+                for j, v in zip(idx[i * width : (i + 1) * width], row, strict=True):
+                    vec[j] = v
+                full.append(vec)
+            proba = full
+        elif proba is not None and width < 2:
+            proba = None
         if not labels and proba:
             labels = [max(range(width), key=row.__getitem__) for row in proba]
     return labels, proba
