@@ -217,6 +217,9 @@ def solve_equations(tr: Transcript, n: int, oracle: Oracle) -> float:
     logp = np.log(np.maximum(np.asarray(rows), np.asarray(floors)[:, None]))
     centred = logp - logp.mean(axis=1, keepdims=True)
     design = np.hstack([x, np.ones((n, 1))])
+    exact = np.asarray(floors) < 0.005
+    if exact.sum() >= 10:  # once answers turn coarse, the attacker keeps to the exact ones
+        design, centred = design[exact], centred[exact]
     weights, *_ = np.linalg.lstsq(design, centred, rcond=None)
 
     def predict(q: np.ndarray) -> np.ndarray:
