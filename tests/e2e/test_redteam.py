@@ -1,5 +1,5 @@
 """The red-team harness's short run (`bench/redteam`), through the real stack: it measures what
-it claims. Tiny budgets, defense off (the suite's stack has no analytics worker), plus two
+it claims. Tiny budgets, defense off (a stack of its own, without the analytics worker), plus two
 callers the defense-side state is set for beforehand (a quarantined subject, a lowered risk
 multiplier), so the harness must see and place those actions. Nothing here depends on speed:
 counts are of rows and requests, and the thresholds are what the mathematics gives."""
@@ -10,6 +10,7 @@ import ipaddress
 import json
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,14 @@ import pytest
 
 from bench.redteam.client import first_action
 from bench.redteam.report import benign_summary, markdown
-from bench.redteam.run import Plan, nominal_limits, run_phase, short_plan
+from bench.redteam.run import (
+    Plan,
+    nominal_limits,
+    run_phase,
+    short_plan,
+    start_stack,
+    stop_stack,
+)
 from extauthz.dev.devstack import Stack
 from tests.e2e.conftest import cli
 
@@ -32,6 +40,18 @@ def _decisions(stack: Stack, subjects: set[str], expected: int) -> list[dict[str
         if len(mine) >= expected or time.monotonic() > deadline:
             return mine
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The harness's own stack, defense off: the suite's stack runs the analytics worker,
+    which would act on these attacks (that is `make redteam`'s defense-on half)."""
+    run, defense = start_stack(tmp_path_factory.mktemp("redteam-stack"), "off")
+    assert defense == "off"
+    try:
+        yield run
+    finally:
+        stop_stack(run)
 
 
 @pytest.fixture(scope="module")
