@@ -440,17 +440,22 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     tr = team.transcript
     score = outcome.pop("score")
     action = first_action(records)
+    quarantined = [r for r in records if (r.get("probe") or {}).get("quarantined")]
     curve: list[list[Any]] = []
-    at_action = None
+    at_action = at_quarantine = None
     if score is not None and len(tr):
         extra = [action[0]] if action else []
+        extra += [quarantined[0]["q_total"]] if quarantined else []
         curve = [[n, score(tr, n, oracle)] for n in checkpoints(len(tr), extra)]
         if action:
             at_action = score(tr, action[0], oracle) if action[0] > 0 else None
-    quarantined = [r for r in records if (r.get("probe") or {}).get("quarantined")]
+        if quarantined and quarantined[0]["q_total"] > 0:
+            at_quarantine = score(tr, quarantined[0]["q_total"], oracle)
     return {
         "attack": spec["attack"],
         "quarantined_at": quarantined[0]["q_total"] if quarantined else None,
+        "at_quarantine": at_quarantine,
+        "degraded_responses": sum(1 for r in records if r.get("degraded")),
         "label": spec.get("label", spec["attack"]),
         "callers": [
             {"source": s["source"], "subject": s["subject"], "policy": c.policy}

@@ -109,6 +109,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
                 color=color,
                 label=f"{r['label']} (defense {mode})",
             )
+            if r.get("quarantined_at") and r.get("at_quarantine") is not None:
+                ax.plot(r["quarantined_at"], r["at_quarantine"], "X", color=color, markersize=9)
             action = r["first_action"]
             if action and r["at_action"] is not None:
                 ax.plot(action["queries"], r["at_action"], "o", color=color, markersize=8)
@@ -125,7 +127,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
         xscale="log",
         xlabel="queries (rows answered)",
         ylabel="surrogate agreement with the victim (held-out)",
-        title="extraction: fidelity vs queries (● first defense action)",
+        title="extraction: fidelity vs queries (● first defense action, ✕ quarantine)",
         ylim=(0, 1.02),
     )
     eps = next(
@@ -136,7 +138,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax_ev.set(
         xlabel="queries (rows answered)",
         ylabel="L2 distance of the best adversarial example",
-        title=f"evasion (labels only): success below L2 {eps or 0:.1f} (● first action)",
+        title=f"evasion (labels only): success below L2 {eps or 0:.1f} (● first action, ✕ quarantine)",
     )
     for ax in (ax_ext, ax_ev):
         ax.grid(alpha=0.3)
@@ -186,8 +188,11 @@ def markdown(report: dict[str, Any]) -> str:
                     f" nearest class boundary at L2 {r['d_star']:.2f} (exact, the victim is"
                     f" linear); success = within {r['eps']:.2f}."
                 )
-            if any(k != "200" for k in r.get("statuses", {})):
-                lines.append(f"\n{r['label']} ({mode}) statuses: {r['statuses']}.")
+            if any(k != "200" for k in r.get("statuses", {})) or r.get("degraded_responses"):
+                lines.append(
+                    f"\n{r['label']} ({mode}) statuses: {r['statuses']};"
+                    f" degraded responses: {r.get('degraded_responses', 0)}."
+                )
     lines += [
         "",
         "Goal: agreement ≥ 0.90 (extraction), an adversarial example within the L2 bound "
