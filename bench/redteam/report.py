@@ -138,7 +138,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     ax_ev.set(
         xlabel="queries (rows answered)",
         ylabel="L2 distance of the best adversarial example",
-        title=f"evasion (labels only): success below L2 {eps or 0:.1f} (● first action, ✕ quarantine)",
+        title=f"evasion (labels only): success below L2 {eps or 0:.1f} (● action, ✕ quarantine)",
     )
     for ax in (ax_ext, ax_ev):
         ax.grid(alpha=0.3)
