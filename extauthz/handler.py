@@ -8,6 +8,7 @@ import uuid
 
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
+from extauthz.analytics.events import QueryEmitter
 from extauthz.authn.authenticator import Authenticator
 from extauthz.decisionlog import DecisionLog
 from extauthz.limits.limiter import Limiter
@@ -39,6 +40,7 @@ class CheckHandler:
         decision_log: DecisionLog,
         max_body_bytes: int,
         forwarding: Forwarding = NO_FORWARDING,
+        events: QueryEmitter | None = None,
     ) -> None:
         self._authn = authenticator
         self._policy = policy
@@ -46,6 +48,7 @@ class CheckHandler:
         self._log = decision_log
         self._max_body = max_body_bytes
         self._forwarding = forwarding  # whose X-Forwarded-For entries name the client
+        self._events = events  # the analytics query stream (an append; sent in the background)
 
     async def check(self, request: CheckRequest) -> CheckResponse:
         started = time.perf_counter_ns()
@@ -93,6 +96,8 @@ class CheckHandler:
         self._log.record(view, decision, elapsed)
         DECISIONS.labels(str(int(decision.status)), decision.reason.value).inc()
         self._limiter.observe(decision, view)  # feeds the automatic threat level
+        if self._events is not None:
+            self._events.emit(view, decision)
         DECISION_SECONDS.observe(elapsed / 1e9)
         return response
 

@@ -95,6 +95,7 @@ def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     if port:
         start_http_server(port, addr=host)
 
+
 # behavioural analytics (extauthz/analytics/)
 ANALYTICS_EVENTS = Counter(
     "extauthz_analytics_events_total",

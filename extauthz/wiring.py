@@ -14,6 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from extauthz.analytics.events import QueryEmitter
 from extauthz.authn.apikeys import ApiKeyAuthenticator, KeyStore
 from extauthz.authn.authenticator import Authenticator, TokenAuthenticator
 from extauthz.authn.devices import DeviceRegistry, DeviceStore
@@ -129,6 +130,7 @@ class Service:
     shadow: Shadow | None
     decision_log: DecisionLog
     limiter: Limiter
+    events: QueryEmitter | None = None
 
     async def start(self) -> None:
         self.decision_log.start()
@@ -137,8 +139,12 @@ class Service:
         await self.watcher.poll_once()  # a cold cache and fallback table are ready at once
         self.watcher.start()
         await self.limiter.start()  # the threat level, polled off the request path
+        if self.events is not None:
+            self.events.start()
 
     async def close(self) -> None:
+        if self.events is not None:
+            await self.events.stop()
         await self.limiter.close()
         await self.watcher.stop()
         if self.shadow is not None:
@@ -193,6 +199,17 @@ def build_service(settings: Settings) -> Service:
             redis, settings.threat_poll_interval, auto=auto_threat(settings, redis)
         ),
     )
+    events = None
+    if settings.analytics_events:
+        events = QueryEmitter(
+            redis,
+            shards=settings.analytics_shards,
+            maxlen=settings.analytics_stream_maxlen,
+            queue_size=settings.analytics_queue_size,
+            max_body=settings.analytics_max_body,
+            v4_bits=settings.source_prefix_v4,
+            v6_bits=settings.source_prefix_v6,
+        )
     handler = CheckHandler(
         Authenticator(
             api_keys, token_authenticator(settings, redis, pepper), mtls_authenticator(settings)
@@ -202,6 +219,7 @@ def build_service(settings: Settings) -> Service:
         decision_log,
         settings.max_body_bytes,
         Forwarding.parse(settings.trusted_hops, settings.trusted_proxies),
+        events,
     )
     return Service(
         handler=handler,
@@ -211,4 +229,5 @@ def build_service(settings: Settings) -> Service:
         shadow=shadow,
         decision_log=decision_log,
         limiter=limiter,
+        events=events,
     )

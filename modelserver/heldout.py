@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from train import SKLEARN_MODELS, _split  # noqa: E402
 from sklearn.datasets import load_breast_cancer, load_digits, load_iris  # noqa: E402
+from train import SKLEARN_MODELS, _split  # noqa: E402
 
 LOADERS = {"digits": load_digits, "cancer": load_breast_cancer, "iris": load_iris}
 

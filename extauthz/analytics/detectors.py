@@ -58,7 +58,9 @@ class TenantState:
     last_ms: int = 0
 
 
-def score_row(profile: Profile, state: TenantState, row: tuple[float, ...], scores: bool) -> RowFlags:
+def score_row(
+    profile: Profile, state: TenantState, row: tuple[float, ...], scores: bool
+) -> RowFlags:
     """Flag one row (as sent: standardised here) and add it to the tenant's state."""
     row = profile.standardise(row)
     dists = [math.dist(row, p) for p in profile.points]

@@ -108,7 +108,7 @@ def build_profile(
     scale = tuple(1.0 / max(s, floor) for s in spread)
     rows = [[(x - c) * s for x, c, s in zip(r, center, scale, strict=True)] for r in rows]
     order = list(range(len(rows)))[:MAX_SAMPLE]
-    random.Random(seed).shuffle(order)
+    random.Random(seed).shuffle(order)  # noqa: S311 - a reproducible split, not a secret
     n_points = min(POINTS, len(order) // 2)
     point_ids, calib_ids = order[:n_points], order[n_points:]
     points = tuple(tuple(map(float, rows[i])) for i in point_ids)
