@@ -1,0 +1,141 @@
+"""The analytics worker against real Redis and OPA: shard ownership, takeover, per-tenant
+routing, and the responses it writes (never looser than what is there)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+import pytest
+import redis.asyncio as aioredis
+
+from extauthz.analytics.actions import ActionLog, ActionStore
+from extauthz.analytics.events import QueryEmitter
+from extauthz.analytics.keys import WORKERS_KEY, owner_key, profile_key, stream_key
+from extauthz.analytics.profile import build_profile
+from extauthz.analytics.worker import Worker
+from extauthz.dev.devstack import Stack
+from extauthz.limits.keys import quarantine_key, risk_key, subject_tag
+from extauthz.limits.throttle import ThrottleStore
+from extauthz.types import Decision, ModelRoute, Principal, Reason, RequestView, Status
+
+pytestmark = pytest.mark.integration
+
+SHARDS = 8
+
+
+async def _clean(redis: aioredis.Redis) -> None:
+    keys = [k async for k in redis.scan_iter(match="ea:*")]
+    if keys:
+        await redis.delete(*keys)
+
+
+def _worker(redis: aioredis.Redis, stack: Stack, tmp_path, name: str) -> Worker:  # type: ignore[no-untyped-def]
+    actions = ActionStore(redis, ActionLog(str(tmp_path / "decisions.log")))
+    return Worker(redis, stack.settings.opa_url, actions, shards=SHARDS, lease=1.0, name=name)
+
+
+async def test_shards_are_split_and_a_dead_workers_shards_taken_over(
+    redis: aioredis.Redis, stack: Stack, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    await _clean(redis)
+    one, two = _worker(redis, stack, tmp_path, "one"), _worker(redis, stack, tmp_path, "two")
+    await one.claim()
+    assert one.owned == set(range(SHARDS))  # alone: every shard
+    await two.claim()  # two joins: nothing free yet
+    await one.claim()  # one sees two live workers and hands half over
+    await two.claim()
+    assert len(one.owned) == len(two.owned) == SHARDS // 2
+    assert one.owned.isdisjoint(two.owned)
+    for shard in one.owned:
+        assert await redis.get(owner_key(shard)) == b"one"
+    # one dies without a word: its leases lapse, its heartbeat ages out, two takes over
+    await asyncio.sleep(3.2)
+    await two.claim()
+    assert two.owned == set(range(SHARDS))
+    assert await redis.zrange(WORKERS_KEY, 0, -1) == [b"two"]
+    await two.release_all()
+    assert not await redis.exists(*[owner_key(s) for s in range(SHARDS)])
+    await one.close()
+    await two.close()
+
+
+def _view(body: bytes, ip: str) -> RequestView:
+    return RequestView(
+        "r", "POST", "/v2/models/m/infer", "h", ip, {}, ModelRoute("m", "", "infer"), body
+    )
+
+
+def _allowed(subject: str) -> Decision:
+    principal = Principal(subject, ("analyst",), ("vision",), "standard", "api_key", subject)
+    return Decision(Status.OK, Reason.OK, "d", principal)
+
+
+def _body(row: list[float]) -> bytes:
+    doc = {"inputs": [{"name": "x", "shape": [1, len(row)], "datatype": "FP64", "data": row}]}
+    return json.dumps(doc).encode()
+
+
+async def test_every_event_of_a_tenant_reaches_the_one_worker_owning_its_shard(
+    redis: aioredis.Redis, stack: Stack, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    await _clean(redis)
+    rng = random.Random(0)
+    sample = [[rng.gauss(0, 1) for _ in range(8)] for _ in range(100)]
+    await redis.set(profile_key("m"), build_profile("m", sample).to_json())
+    one, two = _worker(redis, stack, tmp_path, "one"), _worker(redis, stack, tmp_path, "two")
+    for w in (one, two, one, two):
+        await w.claim()
+    for w in (one, two):
+        await w.refresh()
+        w.config.profiles["m"] = build_profile("m", sample)  # "m" is not in the catalog
+    emitter = QueryEmitter(redis, shards=SHARDS, maxlen=1000)
+    subjects = [f"tenant-{i}" for i in range(12)]
+    for _ in range(5):
+        for s in subjects:
+            emitter.emit(_view(_body([rng.gauss(0, 1) for _ in range(8)]), "10.9.8.7"), _allowed(s))
+    assert await emitter.flush() == 60
+    assert await one.read_once() + await two.read_once() == 60
+    for s in subjects:
+        rows = [w._tenants.get(s, "m").rows for w in (one, two)]
+        assert sorted(rows) == [0, 5], (s, rows)  # all five at one worker, none at the other
+    for shard in range(SHARDS):  # read and acknowledged
+        groups = await redis.xinfo_groups(stream_key(shard))
+        assert groups[0]["pending"] == 0 and groups[0]["lag"] == 0
+    await one.close()
+    await two.close()
+
+
+async def test_responses_never_loosen_what_is_there_and_clear_undoes_them(
+    redis: aioredis.Redis, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    await _clean(redis)
+    log = tmp_path / "decisions.log"
+    store = ActionStore(redis, ActionLog(str(log)))
+    await ThrottleStore(redis).set_risk("mallory", 0.2, 7200, "operator")
+    response = {
+        "level": 4,
+        "risk": 0.5,
+        "degrade": 2,
+        "quarantine": 60,
+        "ttl": 600,
+        "over": ["ood"],
+    }
+    await store.apply("mallory", "digits", response, {"ood": 0.9}, {"rows": 50})
+    risk = await redis.hgetall(risk_key("mallory"))
+    assert float(risk[b"multiplier"]) == 0.2  # the operator's lower multiplier stays
+    assert risk[b"degrade"] == b"2"
+    assert 7000 < await redis.ttl(risk_key("mallory")) <= 7200  # and its longer TTL
+    quarantine = await redis.hgetall(quarantine_key(subject_tag("mallory")))
+    assert (
+        quarantine[b"by"] == b"analytics"
+        and 0 < await redis.ttl(quarantine_key(subject_tag("mallory"))) <= 60
+    )
+    logged = [json.loads(line) for line in log.read_text().splitlines()]
+    assert logged[0]["kind"] == "analytics_action" and logged[0]["evidence"] == {"rows": 50}
+    shown = await store.show("mallory")
+    assert shown["actions"][0]["level"] == 4 and shown["quarantine"]
+    await store.clear("mallory")
+    assert not await redis.exists(risk_key("mallory"), quarantine_key(subject_tag("mallory")))
+    assert (await store.show("mallory"))["cleared_at"] > 0
