@@ -151,7 +151,9 @@ def test_noise_extraction_is_throttled_degraded_then_quarantined_and_benign_repl
     assert benign_codes.count(200) == len(benign_codes) >= len(replay) - 1, benign_codes
     shown = json.loads(cli(stack, "analytics", "show", "--subject", "an-benign", "--json").stdout)
     assert shown["models"]["digits"]["evidence"]["rows"] >= 150  # it was scored
-    assert shown["actions"] == [] and shown["risk"] == {} and shown["quarantine"] == {}, json.dumps(shown["actions"])
+    assert shown["actions"] == [] and shown["risk"] == {} and shown["quarantine"] == {}, json.dumps(
+        shown["actions"]
+    )
 
     # every action in the decision log, with its evidence
     logged = [

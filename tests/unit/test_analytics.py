@@ -117,6 +117,8 @@ def test_events_round_trip_and_shards_are_stable() -> None:
     assert len({shard_of(f"s{i}", 8) for i in range(200)}) == 8
     with pytest.raises(KeyError):
         QueryEvent.parse({b"t": b"1"})
+    with pytest.raises(ValueError):
+        QueryEvent.parse({b"e": b"[1]\n{}"})
 
 
 class _Pipe:
@@ -173,8 +175,10 @@ async def test_the_emitter_queues_allowed_infers_only_and_drops_when_full() -> N
     assert await emitter.flush() == 2
     (key, fields, maxlen, approximate), (_, second, _, _) = redis.sent
     assert key == stream_key(shard_of("alice", 4)) and maxlen == 100 and approximate
-    assert fields["s"] == "alice" and fields["n"] == "10.1.2.0/24" and fields["b"] == b"{}"
-    assert second["b"] == b"" and second["z"] == 50
+    first = QueryEvent.parse({b"e": fields["e"]})
+    assert first.subject == "alice" and first.prefix == "10.1.2.0/24" and first.body == b"{}"
+    omitted = QueryEvent.parse({b"e": second["e"]})
+    assert omitted.body == b"" and omitted.body_size == 50
     assert await emitter.flush() == 0
 
 
