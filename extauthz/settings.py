@@ -311,7 +311,9 @@ class Settings(BaseSettings):
         "worker at a time. Every service process and worker must agree on it.",
     )
     analytics_stream_maxlen: int = Field(
-        20_000, description="Entries each shard stream keeps (XADD MAXLEN ~): older are trimmed."
+        10_000,
+        description="Entries each shard stream keeps (XADD MAXLEN ~): older are trimmed. Redis "
+        "holds at most about shards x maxlen x analytics_max_body bytes of events.",
     )
     analytics_queue_size: int = Field(
         10_000,
@@ -319,9 +321,9 @@ class Settings(BaseSettings):
         "bodies) new ones are dropped (extauthz_analytics_events_total{outcome=dropped}).",
     )
     analytics_max_body: int = Field(
-        16_384,
-        description="Largest body an event carries; a larger one is sent without it (tenant "
-        "only, not scored).",
+        8_192,
+        description="Largest body an event carries as sent; a larger one is replaced (off the "
+        "request path) by its canonical rows, at most analytics_rows_per_event of them.",
     )
     analytics_rows_per_event: int = Field(
         8, description="Feature rows the worker scores per event (a larger batch is sampled)."

@@ -207,6 +207,7 @@ def build_service(settings: Settings) -> Service:
             maxlen=settings.analytics_stream_maxlen,
             queue_size=settings.analytics_queue_size,
             max_body=settings.analytics_max_body,
+            sketch_rows=settings.analytics_rows_per_event,
             v4_bits=settings.source_prefix_v4,
             v6_bits=settings.source_prefix_v6,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from typing import Any
@@ -21,6 +22,7 @@ from extauthz.analytics.keys import shard_of, stream_key
 from extauthz.analytics.profile import HISTORY, Profile, build_profile
 from extauthz.metrics import ANALYTICS_EVENTS
 from extauthz.types import Decision, ModelRoute, Principal, RequestView, Status
+from extauthz.v2body import read_body
 
 WIDTH = 16
 
@@ -168,7 +170,7 @@ async def test_the_emitter_queues_allowed_infers_only_and_drops_when_full() -> N
     emitter.emit(_view(b"{}", action="metadata"), _decision())
     emitter.emit(_view(b"{}"), _decision(Status.RATE_LIMITED))
     emitter.emit(_view(b"{}"), _decision())
-    emitter.emit(_view(b"x" * 50), _decision())  # over max_body: sent without it
+    emitter.emit(_view(b"x" * 50), _decision())  # over max_body, unreadable: sent without it
     emitter.emit(_view(b"{}"), _decision())  # the queue holds 2
     assert ANALYTICS_EVENTS.labels("dropped")._value.get() == dropped + 1
     assert redis.sent == []  # nothing is sent on the decision path
@@ -185,3 +187,22 @@ async def test_the_emitter_queues_allowed_infers_only_and_drops_when_full() -> N
 def test_standardise_uses_the_sample_spread(profile: Profile) -> None:
     z = profile.standardise(list(profile.center))
     assert all(math.isclose(v, 0.0, abs_tol=1e-9) for v in z)
+
+
+async def test_a_large_or_padded_body_is_sent_as_a_sketch_of_its_rows() -> None:
+    redis = _Redis()
+    emitter = QueryEmitter(redis, shards=4, maxlen=100, max_body=200, sketch_rows=3)
+    rows = [[float(r) + 0.000000000001 * c for c in range(4)] for r in range(10)]
+    doc = {
+        "inputs": [{"name": "x", "shape": [10, 4], "datatype": "FP64", "data": rows}],
+        "outputs": [{"name": "predict_proba"}],
+    }
+    body = json.dumps(doc).encode()
+    assert len(body) > 200
+    emitter.emit(_view(body), _decision())
+    await emitter.flush()
+    sent = QueryEvent.parse({b"e": redis.sent[0][1]["e"]})
+    assert sent.body_size == len(body) and len(sent.body) < len(body)
+    sketch = read_body(sent.body)
+    assert sketch.valid and sketch.outputs == ("predict_proba",)
+    assert sketch.feature_rows() == tuple(tuple(rows[i]) for i in (0, 3, 6))
