@@ -8,7 +8,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -201,3 +201,55 @@ def test_a_small_step_boundary_walk_is_actioned(
     assert 0 < first <= 200
     shown = json.loads(cli(stack, "analytics", "show", "--subject", "an-walk", "--json").stdout)
     assert "neardup" in shown["actions"][-1]["over"]
+
+
+@pytest.fixture(scope="module")
+def behind_a_proxy(stack: Stack) -> Iterator[httpx.Client]:
+    """extauthz behind one trusted proxy (the test client), so each client may have its own
+    network (X-Forwarded-For), as in test_client_address.py; restored afterwards."""
+    stack.stop("extauthz")
+    update = {"trusted_hops": 1, "trusted_proxies": "127.0.0.1/32"}
+    proxied = Stack(stack.settings.model_copy(update=update), redis_aof=False)
+    try:
+        proxied.up(["extauthz"])
+        with httpx.Client(base_url=stack.envoy_url, timeout=10) as client:
+            yield client
+    finally:
+        proxied.stop("extauthz")
+        stack.up(["extauthz"])
+
+
+def test_sybils_of_one_network_are_actioned_before_any_is_judged_alone(
+    behind_a_proxy: httpx.Client, stack: Stack, make_key: Keys
+) -> None:
+    """Ten keys in one /24 send 12 random queries each (under the 30 rows a tenant is judged
+    alone at); a benign tenant replays held-out digits from the same network (a shared NAT)."""
+    sybils = {f"an-sybil-{i}": make_key(f"an-sybil-{i}", "analyst", "vision") for i in range(10)}
+    nat = make_key("an-nat-benign", "analyst", "vision")
+    replay = _replay_rows(stack)
+    rng = random.Random(11)
+    r = _redis(stack)
+    codes = []
+    for round_ in range(12):
+        for i, key in enumerate(sybils.values()):
+            body = infer([float(rng.randint(0, 16)) for _ in range(64)], ["predict_proba"])
+            headers = {"x-api-key": key, "x-forwarded-for": f"198.51.100.{10 + i}"}
+            behind_a_proxy.post(URL, json=body, headers=headers)
+            time.sleep(0.02)
+        for j in range(4):
+            headers = {"x-api-key": nat, "x-forwarded-for": "198.51.100.200"}
+            row = replay[(round_ * 4 + j) % len(replay)]
+            codes.append(behind_a_proxy.post(URL, json=infer(row), headers=headers).status_code)
+    deadline = time.monotonic() + 10
+    actioned: set[str] = set()
+    while time.monotonic() < deadline and len(actioned) < 10:
+        actioned = {s for s in sybils if float(r.hget(risk_key(s), "multiplier") or 1) < 1}
+        time.sleep(0.3)
+    assert len(actioned) >= 8, actioned  # the last to send may not have been asked again
+    shown = json.loads(
+        cli(stack, "analytics", "show", "--subject", sorted(actioned)[0], "--json").stdout
+    )
+    assert shown["actions"][0]["over"] == ["network"]
+    assert shown["actions"][0]["evidence"]["rows"] < 30  # never judged alone
+    assert codes.count(200) == len(codes) == 48
+    assert not r.exists(risk_key("an-nat-benign"))
