@@ -100,7 +100,10 @@ class Worker:
         self.name = name or worker_id()
         self.config = Config()
         self.owned: set[int] = set()
-        self._asked: dict[str, float] = {}  # subject -> when the policy was last asked
+        self._asked: dict[tuple[str, str], float] = {}  # (subject, model) -> last evaluated
+        # tenants whose last rows came within EVALUATE_EVERY of an evaluation: evaluated later,
+        # so a burst that then stops is still judged on all its rows
+        self._dirty: dict[tuple[str, str], tuple[float, int, int]] = {}
         self._applied: dict[str, tuple[int, float]] = {}  # subject -> (level, until)
         self._pending: dict[str, tuple[float, str, dict, dict, dict]] = {}
         self._cleared: dict[str, int] = {}
@@ -155,12 +158,14 @@ class Worker:
     # ---- configuration
     async def refresh(self) -> None:
         session = self._http()
-        async with session.get(f"{self._opa}/v1/data/extauthz") as resp:
-            data = (await resp.json()).get("result", {})
-        self.config.detectors = data.get("detectors", {})
+        data = {}
+        for name in ("detectors", "catalog"):  # data only: no rule is evaluated
+            async with session.get(f"{self._opa}/v1/data/extauthz/{name}") as resp:
+                data[name] = (await resp.json()).get("result", {})
+        self.config.detectors = data["detectors"]
         self.config.score_outputs = {
             name: frozenset(entry.get("score_outputs", []))
-            for name, entry in data.get("catalog", {}).items()
+            for name, entry in data["catalog"].items()
         }
         profiles = {}
         for model in self.config.score_outputs:
@@ -292,9 +297,11 @@ class Worker:
         scores["network"] = round(net[0], 4)
         evidence["network"] = {"rows": net[1], "subjects": net[2]}
         now = self._clock()
-        if now - self._asked.get(subject + "\0" + model, 0) < EVALUATE_EVERY:
+        if now - self._asked.get((subject, model), 0) < EVALUATE_EVERY:
+            self._dirty[(subject, model)] = net  # evaluated once its second has passed
             return
-        self._asked[subject + "\0" + model] = now
+        self._asked[(subject, model)] = now
+        self._dirty.pop((subject, model), None)
         if len(self._asked) > 4 * len(self._tenants) + 1000:
             self._asked.clear()
         await self._actions.record(subject, model, scores, evidence)
@@ -346,8 +353,19 @@ class Worker:
         ) as resp:
             return (await resp.json()).get("result", {})
 
+    async def evaluate_dirty(self) -> None:
+        now = self._clock()
+        for (subject, model), net in list(self._dirty.items()):
+            if now - self._asked.get((subject, model), 0) >= EVALUATE_EVERY:
+                if model in self.config.profiles:
+                    await self._evaluate(subject, model, net)
+                else:
+                    self._dirty.pop((subject, model), None)
+
     async def apply_due(self) -> int:
         now = self._clock()
+        if len(self._applied) > 10 * len(self._tenants):  # forget responses that ended
+            self._applied = {s: a for s, a in self._applied.items() if a[1] > now}
         due = [s for s, p in self._pending.items() if p[0] <= now]
         for subject in due:
             _, model, scores, response, evidence = self._pending.pop(subject)
@@ -374,6 +392,7 @@ class Worker:
                         await self.claim()
                         next_claim = now + self._lease_ms / 3000
                     done = await self.read_once()
+                    await self.evaluate_dirty()
                     await self.apply_due()
                 except (*_ERRORS, aiohttp.ClientError, ValueError) as exc:
                     log.warning("analytics worker: %s", exc)

@@ -26,9 +26,14 @@ SHARDS = 8
 
 
 async def _clean(redis: aioredis.Redis) -> None:
-    keys = [k async for k in redis.scan_iter(match="ea:*")]
-    if keys:
-        await redis.delete(*keys)
+    """Only analytics' own keys and this file's subjects: other tests share this Redis."""
+    subjects = ["mallory", "burst", *[f"tenant-{i}" for i in range(12)]]
+    patterns = ["ea:{aq:*", "ea:analytics:*", "ea:{pfx:*}:an*"]
+    patterns += [f"ea:{{{subject_tag(s)}}}:*" for s in subjects]
+    for pattern in patterns:
+        keys = [k async for k in redis.scan_iter(match=pattern)]
+        if keys:
+            await redis.delete(*keys)
 
 
 def _worker(redis: aioredis.Redis, stack: Stack, tmp_path, name: str) -> Worker:  # type: ignore[no-untyped-def]
@@ -139,3 +144,54 @@ async def test_responses_never_loosen_what_is_there_and_clear_undoes_them(
     await store.clear("mallory")
     assert not await redis.exists(risk_key("mallory"), quarantine_key(subject_tag("mallory")))
     assert (await store.show("mallory"))["cleared_at"] > 0
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_a_burst_that_stops_is_still_judged_on_all_its_rows_after_the_delay(
+    redis: aioredis.Redis, stack: Stack, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Real OPA answers data.extauthz.analytics.response; the worker's clock is ours."""
+    await _clean(redis)
+    rng = random.Random(1)
+    sample = [[rng.gauss(0, 1) for _ in range(8)] for _ in range(200)]
+    clock = _Clock()
+    actions = ActionStore(redis, ActionLog(str(tmp_path / "decisions.log")), clock=clock)
+    worker = Worker(redis, stack.settings.opa_url, actions, shards=SHARDS, clock=clock)
+    await worker.claim()
+    await worker.refresh()
+    worker.config.profiles["m"] = build_profile("m", sample)
+    emitter = QueryEmitter(redis, shards=SHARDS, maxlen=1000)
+
+    async def send(n: int) -> None:
+        for _ in range(n):
+            noise = [rng.uniform(-20, 20) for _ in range(8)]
+            emitter.emit(_view(_body(noise), "10.1.1.1"), _allowed("burst"))
+        await emitter.flush()
+        await worker.read_once()
+
+    await send(10)  # evaluated: too few rows to judge
+    clock.now += 0.5
+    await send(40)  # within the second: not asked yet
+    assert worker._pending == {}
+    await worker.evaluate_dirty()
+    assert worker._pending == {}  # still within the second
+    clock.now += 0.6
+    await worker.evaluate_dirty()
+    due, _, scores, response, _ = worker._pending["burst"]
+    assert scores["ood"] >= 0.9 and response["level"] >= 1
+    assert clock.now + 1 <= due <= clock.now + 4  # the policy's delay
+    assert await worker.apply_due() == 0
+    assert not await redis.exists(risk_key("burst"))
+    clock.now = due
+    assert await worker.apply_due() == 1
+    risk = await redis.hgetall(risk_key("burst"))
+    assert float(risk[b"multiplier"]) < 1 and int(risk[b"degrade"]) >= 1
+    await worker.release_all()
+    await worker.close()
