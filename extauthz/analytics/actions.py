@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import sys
+import uuid
 from typing import Any
 
 import orjson
@@ -28,14 +29,28 @@ from extauthz.limits.throttle import ThrottleStore, _text
 KEEP_ACTIONS = 20
 
 
+# Every key of a decision record (decisionlog.decision_record): an action line has them all
+# (null where they do not apply), so a reader of the decision log sees one shape.
+_DECISION_KEYS = (
+    "ts decision_id request_id status reason policy_reason opa_decision_id policy_source "
+    "policy_revision subject credential credential_id device_trust device method path model "
+    "action source_ip retry_after detail duration_us worker"
+).split()
+
+
 class ActionLog:
-    """Appends one line per action to the decision log ('-': stderr); actions are rare."""
+    """Appends one line per action to the decision log ('-': stderr); actions are rare. The
+    line is a decision record (reason "analytics_action" or "analytics_clear", a fresh
+    decision_id, no request) plus the action's own fields."""
 
     def __init__(self, target: str = "-") -> None:
         self._target = target
 
     def write(self, record: dict[str, Any]) -> None:
-        line = orjson.dumps(record) + b"\n"
+        full = dict.fromkeys(_DECISION_KEYS)
+        full.update(decision_id=uuid.uuid4().hex, reason=record["kind"], worker=os.getpid())
+        full.update(record)
+        line = orjson.dumps(full) + b"\n"
         if self._target == "-":
             sys.stderr.buffer.write(line)
             sys.stderr.buffer.flush()

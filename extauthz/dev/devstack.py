@@ -206,20 +206,23 @@ class Stack:
         """Write the held-out data and register each demo classifier's reference sample (the
         model owner's step; `extauthz analytics register`)."""
         python = self.model_venv / "bin" / "python"
-        subprocess.run(
-            [str(python), str(ROOT / "modelserver/heldout.py"), "--out", str(self.heldout_dir)],
-            check=True,
-            stdout=subprocess.DEVNULL,
-        )
         env = {**os.environ, **self.service_env()}
-        for model in REFERENCE_MODELS:
+        try:
             subprocess.run(
-                [sys.executable, "-m", "extauthz", "analytics", "register", "--model", model]
-                + ["--sample", str(self.heldout_dir / f"{model}.json"), "--part", "reference"],
+                [str(python), str(ROOT / "modelserver/heldout.py"), "--out", str(self.heldout_dir)],
                 check=True,
                 stdout=subprocess.DEVNULL,
-                env=env,
             )
+            for model in REFERENCE_MODELS:
+                subprocess.run(
+                    [sys.executable, "-m", "extauthz", "analytics", "register", "--model", model]
+                    + ["--sample", str(self.heldout_dir / f"{model}.json"), "--part", "reference"],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    env=env,
+                )
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise StackError(f"registering the analytics reference samples failed: {exc}") from exc
 
     def service_env(self) -> dict[str, str]:
         """EXTAUTHZ_* for the extauthz process (and for CLI calls against this stack)."""
