@@ -21,10 +21,13 @@ from typing import Any
 
 import orjson
 
-from extauthz.analytics.keys import actions_key, tenant_key
 from extauthz.clock import Clock, system_clock
-from extauthz.limits.keys import quarantine_key, risk_key, subject_tag
-from extauthz.limits.throttle import ThrottleStore, _text
+from extauthz.limits.throttle import ThrottleStore
+from extauthz.store.schema import RiskFields as Risk
+from extauthz.store.schema import analytics_actions_key as actions_key
+from extauthz.store.schema import analytics_tenant_key as tenant_key
+from extauthz.store.schema import decode_hash as _text
+from extauthz.store.schema import quarantine_key, risk_key, subject_tag
 
 KEEP_ACTIONS = 20
 
@@ -87,20 +90,20 @@ class ActionStore:
         key = risk_key(subject)
         current = _text(await self._redis.hgetall(key))
         multiplier = float(response["risk"])
-        if current.get("multiplier"):
-            multiplier = min(multiplier, float(current["multiplier"]))
-        degrade = max(int(response["degrade"]), int(current.get("degrade") or 0))
-        until = max(now + ttl, int(current.get("until") or 0))
+        if current.get(Risk.MULTIPLIER):
+            multiplier = min(multiplier, float(current[Risk.MULTIPLIER]))
+        degrade = max(int(response["degrade"]), int(current.get(Risk.DEGRADE) or 0))
+        until = max(now + ttl, int(current.get(Risk.UNTIL) or 0))
         reason = f"analytics level {response['level']}: {','.join(response.get('over', []))}"
         pipe = self._redis.pipeline(transaction=False)
         pipe.hset(
             key,
             mapping={
-                "multiplier": repr(multiplier),
-                "degrade": str(degrade),
-                "subject": subject,
-                "reason": reason,
-                "until": str(until),
+                Risk.MULTIPLIER: repr(multiplier),
+                Risk.DEGRADE: str(degrade),
+                Risk.SUBJECT: subject,
+                Risk.REASON: reason,
+                Risk.UNTIL: str(until),
             },
         )
         pipe.expire(key, max(1, until - now))

@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import zlib
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +27,17 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from extauthz.analytics.keys import shard_of, stream_key
-from extauthz.limits.keys import source_prefix
 from extauthz.metrics import ANALYTICS_EVENTS
+from extauthz.store.schema import analytics_stream, source_prefix
 from extauthz.types import Decision, RequestView, Status
 from extauthz.v2body import read_body
 
 log = logging.getLogger(__name__)
+
+
+def shard_of(subject: str, shards: int) -> int:
+    """Every event of one subject goes to one shard (CRC32: stable across processes)."""
+    return zlib.crc32(subject.encode()) % shards
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +188,7 @@ class QueryEmitter:
             event = self._event(ts_ms, view, decision)
             if event is None:
                 continue
-            key = stream_key(shard_of(event.subject, self._shards))
+            key = analytics_stream(shard_of(event.subject, self._shards))
             pipe.xadd(key, event.fields(), maxlen=self._maxlen, approximate=True)
             sent += 1
         try:

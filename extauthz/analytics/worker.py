@@ -29,18 +29,16 @@ from redis.exceptions import RedisError, ResponseError
 from extauthz.analytics.actions import ActionStore
 from extauthz.analytics.detectors import Tenants, score_row, tenant_scores
 from extauthz.analytics.events import QueryEvent
-from extauthz.analytics.keys import (
-    GROUP,
-    WORKERS_KEY,
-    network_key,
-    network_subjects_key,
-    owner_key,
-    profile_key,
-    stream_key,
-)
 from extauthz.analytics.profile import Profile
 from extauthz.clock import Clock, system_clock
 from extauthz.metrics import ANALYTICS_ACTIONS, ANALYTICS_LAG, ANALYTICS_ROWS, ANALYTICS_SECONDS
+from extauthz.store.schema import ANALYTICS_GROUP as GROUP
+from extauthz.store.schema import ANALYTICS_WORKERS_KEY as WORKERS_KEY
+from extauthz.store.schema import analytics_network_key as network_key
+from extauthz.store.schema import analytics_network_subjects_key as network_subjects_key
+from extauthz.store.schema import analytics_owner_key as owner_key
+from extauthz.store.schema import analytics_profile_key as profile_key
+from extauthz.store.schema import analytics_stream as stream_key
 from extauthz.v2body import read_body
 
 log = logging.getLogger(__name__)

@@ -60,8 +60,8 @@ def _sample(path: Path, part: str) -> tuple[list[list[float]], list[int] | None]
 
 
 def cmd_register(args: argparse.Namespace) -> int:
-    from extauthz.analytics.keys import profile_key
     from extauthz.analytics.profile import build_profile
+    from extauthz.store.schema import analytics_profile_key as profile_key
 
     try:
         rows, labels = _sample(args.sample, args.part)

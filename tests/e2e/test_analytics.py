@@ -15,7 +15,7 @@ import pytest
 import redis as redis_sync
 
 from extauthz.dev.devstack import Stack
-from extauthz.limits.keys import quarantine_key, risk_key, subject_tag
+from extauthz.store.schema import quarantine_key, risk_key, subject_tag
 from tests.e2e.conftest import Keys, cli
 from tests.e2e.payloads import infer
 

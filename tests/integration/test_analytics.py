@@ -12,12 +12,15 @@ import redis.asyncio as aioredis
 
 from extauthz.analytics.actions import ActionLog, ActionStore
 from extauthz.analytics.events import QueryEmitter
-from extauthz.analytics.keys import WORKERS_KEY, owner_key, profile_key, stream_key
 from extauthz.analytics.profile import build_profile
 from extauthz.analytics.worker import Worker
 from extauthz.dev.devstack import Stack
-from extauthz.limits.keys import quarantine_key, risk_key, subject_tag
 from extauthz.limits.throttle import ThrottleStore
+from extauthz.store.schema import ANALYTICS_WORKERS_KEY as WORKERS_KEY
+from extauthz.store.schema import analytics_owner_key as owner_key
+from extauthz.store.schema import analytics_profile_key as profile_key
+from extauthz.store.schema import analytics_stream as stream_key
+from extauthz.store.schema import quarantine_key, risk_key, subject_tag
 from extauthz.types import Decision, ModelRoute, Principal, Reason, RequestView, Status
 
 pytestmark = pytest.mark.integration

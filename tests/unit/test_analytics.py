@@ -17,10 +17,10 @@ from extauthz.analytics.detectors import (
     score_row,
     tenant_scores,
 )
-from extauthz.analytics.events import QueryEmitter, QueryEvent
-from extauthz.analytics.keys import shard_of, stream_key
+from extauthz.analytics.events import QueryEmitter, QueryEvent, shard_of
 from extauthz.analytics.profile import HISTORY, Profile, build_profile
 from extauthz.metrics import ANALYTICS_EVENTS
+from extauthz.store.schema import analytics_stream as stream_key
 from extauthz.types import Decision, ModelRoute, Principal, RequestView, Status
 from extauthz.v2body import read_body
 
