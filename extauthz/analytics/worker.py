@@ -84,6 +84,7 @@ class Worker:
         lease: float = 5.0,
         rows_per_event: int = 8,
         tenants: int = 4_000,
+        shed_lag: int = 5_000,
         clock: Clock = system_clock,
         name: str = "",
     ) -> None:
@@ -94,6 +95,8 @@ class Worker:
         self._lease_ms = int(lease * 1000)
         self._rows_per_event = rows_per_event
         self._tenants = Tenants(tenants)
+        self._shed_lag = shed_lag
+        self.keep_every = 1  # 1: every event is scored (see lag())
         self._clock = clock
         self.name = name or worker_id()
         self.config = Config()
@@ -198,16 +201,26 @@ class Worker:
                 done += await self._process(key, entries)
         return done
 
-    async def lag(self) -> None:
+    async def lag(self) -> int:
+        """The largest lag of an owned shard; past `shed_lag`, only every n-th event is scored
+        (the rest counted as `shed`) until the worker has caught up."""
+        worst = 0
         for shard in sorted(self.owned):
             for group in await self._redis.xinfo_groups(stream_key(shard)):
                 if group.get("name") in (GROUP, GROUP.encode()):
-                    ANALYTICS_LAG.labels(str(shard)).set(group.get("lag") or 0)
+                    lag = int(group.get("lag") or 0)
+                    ANALYTICS_LAG.labels(str(shard)).set(lag)
+                    worst = max(worst, lag)
+        self.keep_every = 1 if worst <= self._shed_lag else min(8, worst // self._shed_lag + 1)
+        return worst
 
     async def _process(self, key: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
         network: dict[str, list[Any]] = defaultdict(lambda: [0, 0, set()])
         touched: dict[tuple[str, str], str] = {}
-        for _, fields in entries:
+        for i, (_, fields) in enumerate(entries):
+            if i % self.keep_every:
+                ANALYTICS_ROWS.labels("shed").inc()
+                continue
             try:
                 event = QueryEvent.parse(fields)
             except (KeyError, ValueError):

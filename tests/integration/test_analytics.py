@@ -30,7 +30,7 @@ SHARDS = 8
 
 async def _clean(redis: aioredis.Redis) -> None:
     """Only analytics' own keys and this file's subjects: other tests share this Redis."""
-    subjects = ["mallory", "burst", *[f"tenant-{i}" for i in range(12)]]
+    subjects = ["mallory", "burst", "lagged", *[f"tenant-{i}" for i in range(12)]]
     patterns = ["ea:{aq:*", "ea:analytics:*", "ea:{pfx:*}:an*"]
     patterns += [f"ea:{{{subject_tag(s)}}}:*" for s in subjects]
     for pattern in patterns:
@@ -196,5 +196,34 @@ async def test_a_burst_that_stops_is_still_judged_on_all_its_rows_after_the_dela
     assert await worker.apply_due() == 1
     risk = await redis.hgetall(risk_key("burst"))
     assert float(risk[b"multiplier"]) < 1 and int(risk[b"degrade"]) >= 1
+    await worker.release_all()
+    await worker.close()
+
+
+async def test_a_worker_far_behind_sheds_by_sampling_and_counts_it(
+    redis: aioredis.Redis, stack: Stack, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from extauthz.metrics import ANALYTICS_ROWS
+
+    await _clean(redis)
+    rng = random.Random(2)
+    sample = [[rng.gauss(0, 1) for _ in range(8)] for _ in range(100)]
+    actions = ActionStore(redis, ActionLog(str(tmp_path / "decisions.log")))
+    worker = Worker(redis, stack.settings.opa_url, actions, shards=1, shed_lag=10)
+    await worker.claim()
+    await worker.refresh()
+    worker.config.profiles["m"] = build_profile("m", sample)
+    emitter = QueryEmitter(redis, shards=1, maxlen=1000)
+    for _ in range(40):
+        emitter.emit(
+            _view(_body([rng.gauss(0, 1) for _ in range(8)]), "10.2.2.2"), _allowed("lagged")
+        )
+    await emitter.flush()
+    assert await worker.lag() == 40 and worker.keep_every == 5
+    shed = ANALYTICS_ROWS.labels("shed")._value.get()
+    assert await worker.read_once() == 40
+    assert worker._tenants.get("lagged", "m").rows == 8  # one event in five scored
+    assert ANALYTICS_ROWS.labels("shed")._value.get() == shed + 32
+    assert await worker.lag() == 0 and worker.keep_every == 1
     await worker.release_all()
     await worker.close()
