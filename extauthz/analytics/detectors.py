@@ -16,12 +16,16 @@ and scores in [0, 1] with their evidence. Pure and synchronous (the worker times
               agree; a proxy for the model's confidence, which only the response shows); the
               evidence adds the share of requests asking for score outputs and the classes
               covered.
-(e) `network` is computed by the worker over every subject of a source network (worker.py).
+(e) `network` is computed by the worker over every subject of a source network, and `shared`
+              over every subject wherever it comes from: the share of the tenant's rows that
+              are out of distribution or near-duplicates and whose fingerprint (a coarse grid
+              cell) SHARED_BY subjects sent within two minutes (worker.py, Redis HyperLogLogs).
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import heapq
 import math
 from array import array
@@ -34,7 +38,8 @@ from extauthz.analytics.profile import HISTORY, KNN, Profile
 WINDOW = 64  # rows the shares are computed over
 MIN_DISTANCES = 20
 KNN_AGREE = 2  # 2 of 5 nearest reference points or fewer agree: near a boundary
-DETECTORS = ("ood", "prada", "neardup", "output")
+FINGERPRINT_CELLS = 4
+DETECTORS = ("ood", "prada", "neardup", "output", "shared")
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +50,7 @@ class RowFlags:
     boundary: bool
     label: int  # the majority label of the nearest reference points; -1 without labels
     scores: bool  # the request asked for score outputs
+    fingerprint: str = ""  # a flagged row's coarse cell (fingerprint()); "" when not flagged
 
 
 @dataclass
@@ -53,6 +59,9 @@ class TenantState:
 
     history: deque[array[float]] = field(default_factory=lambda: deque(maxlen=HISTORY))
     window: deque[RowFlags] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    # per flagged row, whether other subjects sent its fingerprint too (set by the worker after
+    # its Redis round trip; unflagged rows append False)
+    shared: deque[bool] = field(default_factory=lambda: deque(maxlen=WINDOW))
     rows: int = 0
     first_ms: int = 0
     last_ms: int = 0
@@ -73,11 +82,25 @@ def score_row(
         label, top = max(votes.items(), key=lambda kv: (kv[1], -kv[0]))
         boundary = top <= KNN_AGREE
     dmin = min((math.dist(row, h) for h in state.history), default=-1.0)
-    flags = RowFlags(ood, dmin, 0 < dmin < profile.step, boundary, label, scores)
+    near = 0 < dmin < profile.step
+    # only rows off the data (a, c): benign clients replaying one public dataset share real
+    # rows, and real rows near a boundary are common
+    print_ = fingerprint(profile, row) if ood or near else ""
+    flags = RowFlags(ood, dmin, near, boundary, label, scores, print_)
+    if not print_:
+        state.shared.append(False)
     state.history.append(array("d", row))
     state.window.append(flags)
     state.rows += 1
     return flags
+
+
+def fingerprint(profile: Profile, row: tuple[float, ...]) -> str:
+    """A standardised row's cell on a grid of FINGERPRINT_CELLS x the profile's small step:
+    rows a step or two apart mostly share it. Compared across subjects (the worker, in Redis)."""
+    cell = profile.step * FINGERPRINT_CELLS or 1.0
+    packed = array("q", (math.floor(x / cell) for x in row)).tobytes()
+    return hashlib.blake2b(packed, digest_size=8).hexdigest()
 
 
 def ks_distance(sample: list[float], reference: tuple[float, ...]) -> float:
@@ -105,6 +128,7 @@ def tenant_scores(profile: Profile, state: TenantState) -> tuple[dict[str, float
         "prada": prada,
         "neardup": sum(f.near for f in window) / n,
         "output": sum(f.boundary for f in labelled) / len(labelled) if labelled else 0.0,
+        "shared": sum(state.shared) / n,
     }
     evidence = {
         "rows": state.rows,
@@ -112,6 +136,7 @@ def tenant_scores(profile: Profile, state: TenantState) -> tuple[dict[str, float
         "ood_rows": sum(f.ood for f in window),
         "near_rows": sum(f.near for f in window),
         "boundary_rows": sum(f.boundary for f in labelled),
+        "shared_rows": sum(state.shared),
         "median_step": sorted(dists)[len(dists) // 2] if dists else None,
         "reference_step": profile.dmin[len(profile.dmin) // 2] if profile.dmin else None,
         "score_outputs_share": sum(f.scores for f in window) / n,

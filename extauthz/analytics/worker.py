@@ -34,6 +34,7 @@ from extauthz.clock import Clock, system_clock
 from extauthz.metrics import ANALYTICS_ACTIONS, ANALYTICS_LAG, ANALYTICS_ROWS, ANALYTICS_SECONDS
 from extauthz.store.schema import ANALYTICS_GROUP as GROUP
 from extauthz.store.schema import ANALYTICS_WORKERS_KEY as WORKERS_KEY
+from extauthz.store.schema import analytics_fingerprint_key as fingerprint_key
 from extauthz.store.schema import analytics_network_key as network_key
 from extauthz.store.schema import analytics_network_subjects_key as network_subjects_key
 from extauthz.store.schema import analytics_owner_key as owner_key
@@ -53,6 +54,7 @@ _RELEASE = (
 _ERRORS = (RedisError, OSError, TimeoutError)
 BATCH = 256
 EVALUATE_EVERY = 1.0  # seconds between two policy questions about one tenant
+SHARED_BY = 3  # a fingerprint is shared when this many subjects (the tenant included) sent it
 
 
 def worker_id() -> str:
@@ -108,6 +110,7 @@ class Worker:
         self._applied: dict[str, tuple[int, float]] = {}  # subject -> (level, until)
         self._pending: dict[str, tuple[float, str, dict, dict, dict]] = {}
         self._cleared: dict[str, int] = {}
+        self._prints: list[tuple[Any, str, str, str]] = []  # (state, model, fp, subject)
         self._session: aiohttp.ClientSession | None = None
 
     # ---- leases
@@ -217,6 +220,7 @@ class Worker:
     async def _process(self, key: str, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> int:
         network: dict[str, list[Any]] = defaultdict(lambda: [0, 0, set()])
         touched: dict[tuple[str, str], str] = {}
+        self._prints = []
         for i, (_, fields) in enumerate(entries):
             if i % self.keep_every:
                 ANALYTICS_ROWS.labels("shed").inc()
@@ -236,6 +240,7 @@ class Worker:
         if entries:
             await self._redis.xack(key, GROUP, *[entry_id for entry_id, _ in entries])
         nets = await self._count_networks(network)
+        await self._count_fingerprints()
         for (subject, model), prefix in touched.items():
             await self._evaluate(subject, model, nets.get(prefix, (0.0, 0, 0)))
         return len(entries)
@@ -271,6 +276,8 @@ class Worker:
             ANALYTICS_ROWS.labels("scored").inc()
             flagged += flags.ood or flags.near or flags.boundary
             scored += 1
+            if flags.fingerprint:
+                self._prints.append((state, event.model, flags.fingerprint, event.subject))
         return flagged, scored
 
     async def _count_networks(
@@ -299,6 +306,27 @@ class Worker:
             f = f_now + int(before[1] or 0)
             result[prefix] = (f / n if n else 0.0, n, int(subjects))
         return result
+
+    async def _count_fingerprints(self) -> None:
+        """For each flagged row of the batch: did SHARED_BY subjects send its fingerprint within
+        this and the last minute? (across every worker: Redis HyperLogLogs)"""
+        prints, self._prints = self._prints, []
+        if not prints:
+            return
+        minute = int(self._clock() // 60)
+        senders: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for _, model, fp, subject in prints:
+            senders[(model, fp)].add(subject)
+        pipe = self._redis.pipeline(transaction=False)
+        for (model, fp), subjects in senders.items():
+            key = fingerprint_key(model, fp, minute)
+            pipe.pfadd(key, *subjects)
+            pipe.expire(key, 180)
+            pipe.pfcount(key, fingerprint_key(model, fp, minute - 1))
+        replies = await pipe.execute()
+        counts = {mf: int(replies[i * 3 + 2]) for i, mf in enumerate(senders)}
+        for state, model, fp, _ in prints:
+            state.shared.append(counts[(model, fp)] >= SHARED_BY)
 
     # ---- deciding
     async def _evaluate(self, subject: str, model: str, net: tuple[float, int, int]) -> None:

@@ -192,6 +192,12 @@ def analytics_network_key(prefix: str, minute: int) -> str:
     return f"ea:{{{prefix_tag(prefix)}}}:an:{minute}"
 
 
+def analytics_fingerprint_key(model: str, fingerprint: str, minute: int) -> str:
+    """Distinct subjects that sent a flagged row of this fingerprint in a minute (HyperLogLog);
+    tagged by the fingerprint's first byte, so they spread over a cluster."""
+    return f"ea:{{afp:{fingerprint[:2]}}}:{model}:{fingerprint}:{minute}"
+
+
 def analytics_network_subjects_key(prefix: str, minute: int) -> str:
     """Distinct subjects of a network in a minute (HyperLogLog)."""
     return f"ea:{{{prefix_tag(prefix)}}}:ans:{minute}"

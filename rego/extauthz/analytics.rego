@@ -3,7 +3,8 @@
 # Entry point: data.extauthz.analytics.response (POST /v1/data/extauthz/analytics/response),
 # asked by the worker for a tenant whose scores reached a threshold. Input (README, "Behavioural
 # analytics"): {"scores": {detector: 0..1}, "rows": rows scored for the tenant,
-# "network": {"subjects": distinct subjects of its source network, "rows": their rows}}.
+# "network": {"subjects": distinct subjects of its source network, "rows": their rows}};
+# scores: ood, prada, neardup, output (the tenant's own), network and shared (across tenants).
 # Data: data.extauthz.detectors {thresholds, min_rows, network, delay, steps}.
 package extauthz.analytics
 
@@ -32,11 +33,15 @@ network_counts if {
 
 counted[name] := v if {
 	some name, v in strength
-	name != "network"
+	not name in {"network", "shared"}
 	input.rows >= config.min_rows
 }
 
 counted["network"] := strength.network if network_counts
+
+# Flagged rows whose fingerprints other subjects sent too (Sybils spread over networks): judged
+# from a few rows on, as for a network.
+counted["shared"] := strength.shared if input.rows >= config.network.min_tenant_rows
 
 over := sort([name | some name, v in counted; v >= 1])
 

@@ -57,6 +57,14 @@ test_network_counts_only_for_suspicious_tenants if {
 	alone.level == 0
 }
 
+test_sybils_sharing_fingerprints_across_networks_are_actioned_early if {
+	r := analytics.response with input as {"scores": {"ood": 0.2, "shared": 0.5}, "rows": 8, "network": {"subjects": 1, "rows": 8}}
+	r.level == 2
+	r.over == ["shared"]
+	few := analytics.response with input as {"scores": {"shared": 1}, "rows": 3, "network": {"subjects": 1, "rows": 3}}
+	few.level == 0
+}
+
 test_steps_only_tighten if {
 	steps := data.extauthz.detectors.steps
 	every i in numbers.range(1, count(steps) - 1) {

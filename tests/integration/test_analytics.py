@@ -30,7 +30,16 @@ SHARDS = 8
 
 async def _clean(redis: aioredis.Redis) -> None:
     """Only analytics' own keys and this file's subjects: other tests share this Redis."""
-    subjects = ["mallory", "burst", "lagged", *[f"tenant-{i}" for i in range(12)]]
+    subjects = [
+        "mallory",
+        "burst",
+        "lagged",
+        "sybil-a",
+        "sybil-b",
+        "sybil-c",
+        "loner",
+        *[f"tenant-{i}" for i in range(12)],
+    ]
     patterns = ["ea:{aq:*", "ea:analytics:*", "ea:{pfx:*}:an*"]
     patterns += [f"ea:{{{subject_tag(s)}}}:*" for s in subjects]
     for pattern in patterns:
@@ -225,5 +234,41 @@ async def test_a_worker_far_behind_sheds_by_sampling_and_counts_it(
     assert worker._tenants.get("lagged", "m").rows == 8  # one event in five scored
     assert ANALYTICS_ROWS.labels("shed")._value.get() == shed + 32
     assert await worker.lag() == 0 and worker.keep_every == 1
+    await worker.release_all()
+    await worker.close()
+
+
+async def test_sybils_on_different_networks_sharing_fingerprints_are_scored_shared(
+    redis: aioredis.Redis, stack: Stack, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Three keys from three networks walk in small steps around one point (one boundary
+    search split over Sybils); a fourth walks elsewhere alone."""
+    await _clean(redis)
+    rng = random.Random(4)
+    sample = [[rng.gauss(0, 1) for _ in range(8)] for _ in range(200)]
+    actions = ActionStore(redis, ActionLog(str(tmp_path / "decisions.log")))
+    worker = Worker(redis, stack.settings.opa_url, actions, shards=SHARDS)
+    await worker.claim()
+    await worker.refresh()
+    profile = build_profile("m", sample)
+    worker.config.profiles["m"] = profile
+    emitter = QueryEmitter(redis, shards=SHARDS, maxlen=1000)
+    centre, elsewhere = [0.3] * 8, [-0.9] * 8
+    tiny = profile.step / 50 / max(profile.scale)  # far below a step, in raw units
+    for i in range(20):
+        for n, subject in enumerate(("sybil-a", "sybil-b", "sybil-c")):
+            row = [x + tiny * (i + 0.3 * n) for x in centre]
+            emitter.emit(_view(_body(row), f"10.{n}.0.1"), _allowed(subject))
+        row = [x + tiny * i for x in elsewhere]
+        emitter.emit(_view(_body(row), "10.9.0.1"), _allowed("loner"))
+        await emitter.flush()  # one round at a time, as they arrive interleaved
+        await worker.read_once()
+    from extauthz.analytics.detectors import tenant_scores
+
+    for subject in ("sybil-a", "sybil-b", "sybil-c"):
+        scores, evidence = tenant_scores(profile, worker._tenants.get(subject, "m"))
+        assert scores["neardup"] > 0.5 and scores["shared"] > 0.5, (subject, scores)
+    loner, _ = tenant_scores(profile, worker._tenants.get("loner", "m"))
+    assert loner["neardup"] > 0.5 and loner["shared"] == 0
     await worker.release_all()
     await worker.close()

@@ -28,9 +28,11 @@ WIDTH = 16
 
 
 def _clusters(n: int, seed: int) -> tuple[list[list[float]], list[int]]:
-    """Rows around 4 well separated centres (a stand-in for real data), unit spread."""
+    """Rows around 4 well separated centres (a stand-in for real data; the same centres for
+    every seed), unit spread."""
+    fixed = random.Random(0)
+    centres = [[fixed.uniform(-10, 10) for _ in range(WIDTH)] for _ in range(4)]
     rng = random.Random(seed)
-    centres = [[rng.uniform(-10, 10) for _ in range(WIDTH)] for _ in range(4)]
     rows, labels = [], []
     for i in range(n):
         c = i % 4
@@ -63,8 +65,7 @@ def _scores(profile: Profile, rows: list[list[float]]) -> dict[str, float]:
 
 
 def test_benign_rows_score_low_and_noise_high(profile: Profile) -> None:
-    benign, _ = _clusters(200, seed=1)  # the same distribution, other draws
-    benign = benign[::-1]
+    benign, _ = _clusters(200, seed=2)  # the same distribution, other draws
     rng = random.Random(5)
     noise = [[rng.uniform(-15, 15) for _ in range(WIDTH)] for _ in range(200)]
     low, high = _scores(profile, benign), _scores(profile, noise)
