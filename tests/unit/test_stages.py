@@ -16,7 +16,7 @@ from extauthz.policy.engine import PolicyEngine
 from extauthz.policy.opa import OpaClient
 from tests.unit.test_engine import FakeOpa
 from tests.unit.test_fuzz import BodyPolicy
-from tests.unit.test_handler import FakeAuthn, FakeLimiter, FakeLog, FakePolicy
+from tests.unit.test_handler import FakeAuthn, FakeEvents, FakeLimiter, FakeLog, FakePolicy
 
 IMPLEMENTATIONS = [
     (stages.Authenticator, Authenticator),
@@ -31,6 +31,7 @@ IMPLEMENTATIONS = [
     (stages.DecisionLog, DecisionLog),
     (stages.DecisionLog, FakeLog),
     (stages.QueryEvents, QueryEmitter),
+    (stages.QueryEvents, FakeEvents),
 ]
 
 
