@@ -2,7 +2,9 @@
 and scores in [0, 1] with their evidence. Pure and synchronous (the worker times them).
 
 (a) `ood`     share of the tenant's last WINDOW rows farther from the model's reference sample
-              than the sample's own 99th percentile (Profile.ood_distance): noise, sweeps.
+              than the sample's own 99th percentile (Profile.ood_distance), or with more
+              features outside the sample's ranges than 99 % of its own rows
+              (Profile.range_count): noise, sweeps, noise added to real rows.
 (b) `prada`   PRADA-style (Juuti et al. 2019): the distribution of each row's distance to the
               nearest of the tenant's previous HISTORY rows, tested against the same distances
               in the reference sample; the score is the two-sample Kolmogorov-Smirnov D.
@@ -33,7 +35,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from extauthz.analytics.profile import HISTORY, KNN, Profile
+from extauthz.analytics.profile import HISTORY, KNN, Profile, out_of_range
 
 WINDOW = 64  # rows the shares are computed over
 MIN_DISTANCES = 20
@@ -73,7 +75,9 @@ def score_row(
     """Flag one row (as sent: standardised here) and add it to the tenant's state."""
     row = profile.standardise(row)
     dists = [math.dist(row, p) for p in profile.points]
-    ood = min(dists) > profile.ood_distance
+    ood = min(dists) > profile.ood_distance or (
+        out_of_range(row, profile.low, profile.high) > profile.range_count
+    )
     label, boundary = -1, False
     if profile.labels:
         votes: dict[int, int] = {}

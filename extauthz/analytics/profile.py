@@ -8,6 +8,9 @@ held-out data). Pure Python, no numpy: bounded sizes make it cheap enough.
 - `points` (+ `labels`): up to POINTS rows the detectors measure distances to (kNN);
 - `ood_distance`: the OOD_QUANTILE of the nearest-point distance of the *other* sample rows
   (calibration rows, never in `points`): farther than this is out of distribution;
+- `low`, `high`, `range_count`: each feature's range over `points`, and the OOD_QUANTILE of
+  how many features of a calibration row fall outside it: more is out of distribution too
+  (noise added to real rows moves features real data never moves, e.g. a digit's background);
 - `dmin`: the distance of each calibration row to its nearest of the previous HISTORY rows,
   in the order given: the distribution a benign tenant's PRADA distances are compared to;
 - `step`: a near-duplicate step: NEAR_FRACTION of the 1st percentile of `dmin`.
@@ -41,6 +44,11 @@ def nearest(row: tuple[float, ...], points: tuple[tuple[float, ...], ...]) -> fl
     return min(math.dist(row, p) for p in points)
 
 
+def out_of_range(row: tuple[float, ...], low: tuple[float, ...], high: tuple[float, ...]) -> int:
+    """How many features of a (standardised) row lie outside [low, high]."""
+    return sum(1 for x, lo, hi in zip(row, low, high, strict=True) if x < lo or x > hi)
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     model: str
@@ -50,6 +58,9 @@ class Profile:
     points: tuple[tuple[float, ...], ...]
     labels: tuple[int, ...]  # () when the owner gave none
     ood_distance: float
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    range_count: int
     dmin: tuple[float, ...]  # sorted
     step: float
     sample_size: int
@@ -67,6 +78,9 @@ class Profile:
                 "points": self.points,
                 "labels": self.labels,
                 "ood_distance": self.ood_distance,
+                "low": self.low,
+                "high": self.high,
+                "range_count": self.range_count,
                 "dmin": self.dmin,
                 "step": self.step,
                 "sample_size": self.sample_size,
@@ -84,6 +98,9 @@ class Profile:
             points=tuple(tuple(map(float, p)) for p in doc["points"]),
             labels=tuple(int(v) for v in doc["labels"]),
             ood_distance=float(doc["ood_distance"]),
+            low=tuple(map(float, doc["low"])),
+            high=tuple(map(float, doc["high"])),
+            range_count=int(doc["range_count"]),
             dmin=tuple(float(v) for v in doc["dmin"]),
             step=float(doc["step"]),
             sample_size=int(doc["sample_size"]),
@@ -114,6 +131,9 @@ def build_profile(
     points = tuple(tuple(map(float, rows[i])) for i in point_ids)
     calib = [tuple(map(float, rows[i])) for i in sorted(calib_ids)]  # the owner's order
     ood = sorted(nearest(r, points) for r in calib)
+    low = tuple(min(p[j] for p in points) for j in range(width))
+    high = tuple(max(p[j] for p in points) for j in range(width))
+    outside = sorted(out_of_range(r, low, high) for r in calib)
     dmin = []
     for i, row in enumerate(calib[1:], start=1):
         d = nearest(row, tuple(calib[max(0, i - HISTORY) : i]))
@@ -128,6 +148,9 @@ def build_profile(
         points=points,
         labels=tuple(int(labels[i]) for i in point_ids) if labels is not None else (),
         ood_distance=quantile(ood, OOD_QUANTILE),
+        low=low,
+        high=high,
+        range_count=int(quantile([float(v) for v in outside], OOD_QUANTILE)),
         dmin=tuple(dmin),
         step=NEAR_FRACTION * quantile(dmin, 0.01),
         sample_size=len(order),
