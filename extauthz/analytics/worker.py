@@ -174,8 +174,12 @@ class Worker:
         profiles = {}
         for model in self.config.score_outputs:
             raw = await self._redis.get(profile_key(model))
-            if raw:
+            if not raw:
+                continue
+            try:
                 profiles[model] = Profile.from_json(raw)
+            except (KeyError, ValueError, TypeError) as exc:  # e.g. an older format: register again
+                log.warning("profile of %s unreadable, not scored: %r", model, exc)
         self.config.profiles = profiles
 
     def _http(self) -> aiohttp.ClientSession:
