@@ -3,6 +3,7 @@
 - the decision path: `QueryEmitter.emit` (one append), ns per call;
 - the service process off the path: `QueryEmitter.flush` CPU per event (pipelined XADD), in
   batches as a 50 ms flush interval at `--rate` decisions/s would make them;
+- the worker's memory per tenant state (digits: 64 features, history and window full);
 - the worker: detector CPU per feature row (digits, its registered held-out profile) and the
   events per second one worker reads, scores and acknowledges (noise and replayed rows).
 
@@ -90,6 +91,7 @@ async def measure(stack: Stack, events: int, rate: int) -> dict[str, float]:
     total = sum(m.value for m in ANALYTICS_SECONDS.collect()[0].samples if m.name.endswith("_sum"))
     await redis.aclose()
     return {
+        "tenant_state_kib": tenant_state_kib(stack),
         "emit_ns_median": statistics.median(emit_ns),
         "flush_cpu_us_per_event": flush_cpu / events * 1e6,
         "worker_events": done,
@@ -97,6 +99,28 @@ async def measure(stack: Stack, events: int, rate: int) -> dict[str, float]:
         "worker_cpu_us_per_event": cpu / max(1, done) * 1e6,
         "detector_us_per_row": total / max(1, count) * 1e6,
     }
+
+
+def tenant_state_kib(stack: Stack, tenants: int = 1000) -> float:
+    """Memory per tenant state (digits, 100 random rows each: history and window full)."""
+    import tracemalloc
+
+    from extauthz.analytics.detectors import Tenants, score_row
+    from extauthz.analytics.profile import build_profile
+
+    doc = json.loads((stack.heldout_dir / "digits.json").read_text())["reference"]
+    profile = build_profile("digits", doc["rows"], doc["labels"])
+    rng = random.Random(0)
+    rows = [tuple(float(rng.randint(0, 16)) for _ in range(64)) for _ in range(100)]
+    tracemalloc.start()
+    states = Tenants(tenants)
+    for i in range(tenants):
+        state = states.get(f"s{i}", "digits")
+        for row in rows:
+            score_row(profile, state, row, True)
+    used, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return used / tenants / 1024
 
 
 def main() -> None:
