@@ -352,7 +352,12 @@ class Worker:
             return
         if await self._was_cleared(subject, state):
             return
-        response = await self._ask(scores, state.rows, net)
+        try:
+            response = await self._ask(scores, state.rows, net)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:  # OPA away: ask later
+            log.warning("analytics: policy not asked about %s: %r", subject, exc)
+            self._dirty[(subject, model)] = net
+            return
         level = int(response.get("level", 0))
         applied, until = self._applied.get(subject, (0, 0.0))
         pending = self._pending.get(subject)
@@ -428,9 +433,12 @@ class Worker:
                 now = self._clock()
                 try:
                     if now >= next_refresh:
-                        await self.refresh()
-                        await self.lag()
                         next_refresh = now + refresh_every
+                        try:
+                            await self.refresh()
+                        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                            log.warning("analytics config not refreshed (kept): %r", exc)
+                        await self.lag()
                     if now >= next_claim:
                         await self.claim()
                         next_claim = now + self._lease_ms / 3000

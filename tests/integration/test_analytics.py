@@ -272,3 +272,33 @@ async def test_sybils_on_different_networks_sharing_fingerprints_are_scored_shar
     assert loner["neardup"] > 0.5 and loner["shared"] == 0
     await worker.release_all()
     await worker.close()
+
+
+async def test_opa_away_the_worker_keeps_scoring_and_asks_again_later(
+    redis: aioredis.Redis, stack: Stack, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    from extauthz.dev.runner import free_ports
+
+    await _clean(redis)
+    rng = random.Random(6)
+    sample = [[rng.gauss(0, 1) for _ in range(8)] for _ in range(200)]
+    clock = _Clock()
+    actions = ActionStore(redis, ActionLog(str(tmp_path / "decisions.log")), clock=clock)
+    worker = Worker(redis, stack.settings.opa_url, actions, shards=SHARDS, clock=clock)
+    await worker.claim()
+    await worker.refresh()
+    worker.config.profiles["m"] = build_profile("m", sample)
+    worker._opa = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
+    emitter = QueryEmitter(redis, shards=SHARDS, maxlen=1000)
+    for _ in range(40):
+        noise = [rng.uniform(-20, 20) for _ in range(8)]
+        emitter.emit(_view(_body(noise), "10.3.3.3"), _allowed("opa-away"))
+    await emitter.flush()
+    assert await worker.read_once() == 40  # scored, acknowledged, no exception
+    assert ("opa-away", "m") in worker._dirty and worker._pending == {}
+    worker._opa = stack.settings.opa_url.rstrip("/")  # back
+    clock.now += 1.1
+    await worker.evaluate_dirty()
+    assert worker._pending["opa-away"][3]["level"] >= 1
+    await worker.release_all()
+    await worker.close()
