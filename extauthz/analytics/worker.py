@@ -381,6 +381,7 @@ class Worker:
                 self._pending.pop(subject, None)
                 state.history.clear()
                 state.window.clear()
+                state.shared.clear()
                 state.rows = 0
                 state.first_ms = cleared * 1000
                 return True
