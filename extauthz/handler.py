@@ -12,7 +12,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from extauthz.metrics import DECISION_SECONDS, DECISIONS
 from extauthz.request import NO_FORWARDING, Forwarding, parse_check_request
 from extauthz.response import UPSTREAM_PREFIX, build_response
-from extauthz.stages import Authenticator, DecisionLog, LimitStage, PolicyEngine
+from extauthz.stages import Authenticator, DecisionLog, LimitStage, PolicyEngine, QueryEvents
 from extauthz.types import (
     Decision,
     Denied,
@@ -37,6 +37,7 @@ class CheckHandler:
         decision_log: DecisionLog,
         max_body_bytes: int,
         forwarding: Forwarding = NO_FORWARDING,
+        events: QueryEvents | None = None,
     ) -> None:
         self._authn = authenticator
         self._policy = policy
@@ -44,6 +45,7 @@ class CheckHandler:
         self._log = decision_log
         self._max_body = max_body_bytes
         self._forwarding = forwarding  # whose X-Forwarded-For entries name the client
+        self._events = events  # the analytics query stream (an append; sent in the background)
 
     async def check(self, request: CheckRequest) -> CheckResponse:
         started = time.perf_counter_ns()
@@ -91,6 +93,8 @@ class CheckHandler:
         self._log.record(view, decision, elapsed)
         DECISIONS.labels(str(int(decision.status)), decision.reason.value).inc()
         self._limiter.observe(decision, view)  # feeds the automatic threat level
+        if self._events is not None:
+            self._events.emit(view, decision)
         DECISION_SECONDS.observe(elapsed / 1e9)
         return response
 

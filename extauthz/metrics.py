@@ -94,3 +94,33 @@ THREAT_LEVEL = Gauge(
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     if port:
         start_http_server(port, addr=host)
+
+
+# behavioural analytics (extauthz/analytics/)
+ANALYTICS_EVENTS = Counter(
+    "extauthz_analytics_events_total",
+    "Query events: sent to the stream, dropped (queue full), failed (Redis), body_omitted "
+    "(body over EXTAUTHZ_ANALYTICS_MAX_BODY: tenant only)",
+    ["outcome"],
+)
+ANALYTICS_LAG = Gauge(
+    "extauthz_analytics_lag",
+    "Entries of a shard stream not yet read by its consumer group (worker side)",
+    ["shard"],
+    multiprocess_mode="livemax",
+)
+ANALYTICS_ROWS = Counter(
+    "extauthz_analytics_rows_total",
+    "Feature rows the worker scored, or skipped (no profile, unreadable, sampled out)",
+    ["outcome"],
+)
+ANALYTICS_SECONDS = Histogram(
+    "extauthz_analytics_row_seconds",
+    "Detector CPU time per feature row (worker side)",
+    buckets=(0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01),
+)
+ANALYTICS_ACTIONS = Counter(
+    "extauthz_analytics_actions_total",
+    "Graduated responses written by the analytics worker, by level",
+    ["level"],
+)

@@ -299,6 +299,42 @@ class Settings(BaseSettings):
         "(quota_context.throttle).",
     )
 
+    # --- behavioural analytics (extauthz/analytics/)
+    analytics_events: bool = Field(
+        True,
+        description="Emit one query event per allowed inference decision to the analytics "
+        "stream (off the request path: a bounded queue flushed in the background).",
+    )
+    analytics_shards: int = Field(
+        8,
+        description="Stream shards events are spread over by subject; each has one owning "
+        "worker at a time. Every service process and worker must agree on it.",
+    )
+    analytics_stream_maxlen: int = Field(
+        10_000,
+        description="Entries each shard stream keeps (XADD MAXLEN ~): older are trimmed. Redis "
+        "holds at most about shards x maxlen x analytics_max_body bytes of events.",
+    )
+    analytics_queue_size: int = Field(
+        10_000,
+        description="Events a service process holds before sending; past it (or 8 MiB of "
+        "bodies) new ones are dropped (extauthz_analytics_events_total{outcome=dropped}).",
+    )
+    analytics_max_body: int = Field(
+        8_192,
+        description="Largest body an event carries as sent; a larger one is replaced (off the "
+        "request path) by its canonical rows, at most analytics_rows_per_event of them.",
+    )
+    analytics_rows_per_event: int = Field(
+        8, description="Feature rows the worker scores per event (a larger batch is sampled)."
+    )
+    analytics_tenants: int = Field(
+        4_000, description="Tenant states (subject, model) a worker keeps in memory (LRU)."
+    )
+    analytics_lease: float = Field(
+        5.0, description="Seconds a worker's claim on a shard lasts unless renewed."
+    )
+
     # --- request handling
     max_body_bytes: int = Field(
         65536, description="Largest request body the service reads (Envoy buffers up to this)."

@@ -64,4 +64,18 @@ class DecisionLog(Protocol):
     def record(self, view: RequestView, decision: Decision, duration_ns: int) -> None: ...
 
 
-STAGES: tuple[type, ...] = (Authenticator, PolicyEngine, PolicyQuery, LimitStage, DecisionLog)
+class QueryEvents(Protocol):
+    """After an allowed inference decision (analytics/events.py): queue its query event for the
+    analytics stream. Synchronous and O(1): it never waits on Redis."""
+
+    def emit(self, view: RequestView, decision: Decision) -> None: ...
+
+
+STAGES: tuple[type, ...] = (
+    Authenticator,
+    PolicyEngine,
+    PolicyQuery,
+    LimitStage,
+    DecisionLog,
+    QueryEvents,
+)

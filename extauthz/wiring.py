@@ -14,6 +14,7 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from extauthz.analytics.events import QueryEmitter
 from extauthz.authn.apikeys import ApiKeyAuthenticator, KeyStore
 from extauthz.authn.authenticator import Authenticator, TokenAuthenticator
 from extauthz.authn.devices import DeviceRegistry, DeviceStore
@@ -132,6 +133,7 @@ class Service:
     shadow: Shadow | None
     decision_log: DecisionLog
     limiter: Limiter
+    events: QueryEmitter | None = None
 
     async def start(self) -> None:
         self.decision_log.start()
@@ -141,8 +143,12 @@ class Service:
         self.watcher.start()
         await self.threat.poll_once()  # the threat level, polled off the request path too
         self.threat.start()
+        if self.events is not None:
+            self.events.start()
 
     async def close(self) -> None:
+        if self.events is not None:
+            await self.events.stop()
         await self.threat.stop()
         await self.watcher.stop()
         if self.shadow is not None:
@@ -193,6 +199,18 @@ def build_service(settings: Settings) -> Service:
     limiter = Limiter(
         redis, settings.redis_timeout, config=LimiterConfig.from_settings(settings), threat=threat
     )
+    events = None
+    if settings.analytics_events:
+        events = QueryEmitter(
+            redis,
+            shards=settings.analytics_shards,
+            maxlen=settings.analytics_stream_maxlen,
+            queue_size=settings.analytics_queue_size,
+            max_body=settings.analytics_max_body,
+            sketch_rows=settings.analytics_rows_per_event,
+            v4_bits=settings.source_prefix_v4,
+            v6_bits=settings.source_prefix_v6,
+        )
     handler = CheckHandler(
         Authenticator(
             api_keys, token_authenticator(settings, redis, pepper), mtls_authenticator(settings)
@@ -202,6 +220,7 @@ def build_service(settings: Settings) -> Service:
         decision_log,
         settings.max_body_bytes,
         Forwarding.parse(settings.trusted_hops, settings.trusted_proxies),
+        events,
     )
     return Service(
         handler=handler,
@@ -212,4 +231,5 @@ def build_service(settings: Settings) -> Service:
         shadow=shadow,
         decision_log=decision_log,
         limiter=limiter,
+        events=events,
     )

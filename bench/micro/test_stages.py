@@ -230,3 +230,28 @@ def test_handler_check(benchmark, settings, loop, api_key) -> None:  # type: ign
     finally:
         loop.run_until_complete(service.close())
     assert response.status.code == 0
+
+
+# ---- 7. the analytics query event (the on-path half: one append; sent in the background)
+def test_analytics_emit(benchmark, view, principal, policy, settings, redis) -> None:  # type: ignore[no-untyped-def]
+    from extauthz.analytics.events import QueryEmitter
+
+    emitter = QueryEmitter(redis, settings.analytics_shards, settings.analytics_stream_maxlen)
+    emitter._size = 1 << 62  # measure the append, not the drop path  # noqa: SLF001
+    emitter._max_bytes = 1 << 62  # noqa: SLF001
+    decision = Decision(Status.OK, Reason.OK, uuid.uuid4().hex, principal, policy)
+    benchmark(emitter.emit, view, decision)
+
+
+def test_handler_check_without_events(benchmark, settings, loop, api_key) -> None:  # type: ignore[no-untyped-def]
+    """test_handler_check with EXTAUTHZ_ANALYTICS_EVENTS off: the difference is what emitting
+    costs the decision, the background sends included (they run on the same loop)."""
+    service = build_service(settings.model_copy(update={"analytics_events": False}))
+    loop.run_until_complete(service.start())
+    request = request_for(api_key)
+    try:
+        loop.run_until_complete(service.handler.check(request))
+        response = bench_async(benchmark, loop, lambda: service.handler.check(request))
+    finally:
+        loop.run_until_complete(service.close())
+    assert response.status.code == 0

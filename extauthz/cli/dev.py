@@ -38,6 +38,7 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     print(f"opa       http://127.0.0.1:{s.opa_port}")
     print(f"redis     redis://127.0.0.1:{s.redis_port}")
     print(f"mlserver  http://127.0.0.1:{s.model_port}  (reach it through envoy)")
+    print("analytics worker: `extauthz analytics show --subject S` (scores, actions)")
     print(f"logs      {stack.logs}")
     return 0
 

@@ -6,6 +6,7 @@ benchmarks; every process is started and stopped by `extauthz.dev.runner.Runner`
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import string
@@ -32,7 +33,9 @@ from extauthz.policy.tools import IGNORE_ARGS
 from extauthz.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-ORDER = ("redis", "opa", "model", "extauthz", "envoy")
+ORDER = ("redis", "opa", "model", "extauthz", "envoy", "analytics")
+# the demo classifiers whose held-out data is registered as their analytics reference sample
+REFERENCE_MODELS = ("digits", "cancer", "iris")
 
 
 def find_opa(settings: Settings) -> str:
@@ -193,6 +196,34 @@ class Stack:
         )
         return models
 
+    @property
+    def heldout_dir(self) -> Path:
+        """The demo models' held-out rows (modelserver/heldout.py): `reference` halves are
+        registered for analytics, `replay` halves are for benign clients."""
+        return self.run_dir / "heldout"
+
+    def register_references(self) -> None:
+        """Write the held-out data and register each demo classifier's reference sample (the
+        model owner's step; `extauthz analytics register`)."""
+        python = self.model_venv / "bin" / "python"
+        env = {**os.environ, **self.service_env()}
+        try:
+            subprocess.run(
+                [str(python), str(ROOT / "modelserver/heldout.py"), "--out", str(self.heldout_dir)],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
+            for model in REFERENCE_MODELS:
+                subprocess.run(
+                    [sys.executable, "-m", "extauthz", "analytics", "register", "--model", model]
+                    + ["--sample", str(self.heldout_dir / f"{model}.json"), "--part", "reference"],
+                    check=True,
+                    stdout=subprocess.DEVNULL,
+                    env=env,
+                )
+        except (OSError, subprocess.CalledProcessError) as exc:
+            raise StackError(f"registering the analytics reference samples failed: {exc}") from exc
+
     def service_env(self) -> dict[str, str]:
         """EXTAUTHZ_* for the extauthz process (and for CLI calls against this stack)."""
         env = {}
@@ -273,6 +304,13 @@ class Stack:
                 env=self.service_env(),
             ),
             "envoy": envoy_component("envoy", self.run_dir / "envoy.yaml", s.envoy_admin_port),
+            # ready once it owns a shard (with several workers: some worker does)
+            "analytics": Component(
+                "analytics",
+                [sys.executable, "-m", "extauthz", "analytics", "run"],
+                lambda: redis_ok(s.redis_port, b"EXISTS ea:{aq:0}:owner", b":1"),
+                env=self.service_env(),
+            ),
         }
 
     # ---- lifecycle
@@ -292,6 +330,8 @@ class Stack:
         started: list[str] = []
         try:
             for name in wanted:
+                if name == "analytics":
+                    self.register_references()
                 self.runner.start(components[name])
                 started.append(name)
         except StackError:

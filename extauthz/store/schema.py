@@ -155,6 +155,54 @@ RISK_PATTERN = "ea:{sub:*}:risk"  # SCAN patterns of the operator listings
 QUARANTINE_PATTERN = "ea:{*}:quarantine"
 
 
+# ---- behavioural analytics (extauthz/analytics/). Tenant keys share the subject's tag (beside
+# the risk hash the decision's Lua call reads); each stream shard has its own tag (one slot per
+# shard: several workers spread over a cluster); network counters carry the prefix's tag.
+ANALYTICS_GROUP = "analytics"  # the consumer group of every shard stream
+ANALYTICS_WORKERS_KEY = "ea:analytics:workers"  # zset worker id -> last heartbeat (ms)
+
+
+def analytics_stream(shard: int) -> str:
+    """One shard of the query stream (XADD MAXLEN ~ by the service, one owning worker)."""
+    return f"ea:{{aq:{shard}}}:q"
+
+
+def analytics_owner_key(shard: int) -> str:
+    """Which worker owns a shard: its id, with a lease (PX) the owner renews."""
+    return f"ea:{{aq:{shard}}}:owner"
+
+
+def analytics_profile_key(model: str) -> str:
+    """A model's reference profile (JSON), built from the sample its owner registered."""
+    return f"ea:analytics:profile:{model}"
+
+
+def analytics_tenant_key(subject: str) -> str:
+    """What `extauthz analytics show` prints: a hash {subject, model:<m> (JSON), cleared_at}."""
+    return f"ea:{{{subject_tag(subject)}}}:an"
+
+
+def analytics_actions_key(subject: str) -> str:
+    """The latest actions taken on a subject, newest first (a capped list of JSON)."""
+    return f"ea:{{{subject_tag(subject)}}}:anact"
+
+
+def analytics_network_key(prefix: str, minute: int) -> str:
+    """Per source network and minute: a hash {n, flagged} over every subject in it."""
+    return f"ea:{{{prefix_tag(prefix)}}}:an:{minute}"
+
+
+def analytics_fingerprint_key(model: str, fingerprint: str, minute: int) -> str:
+    """Distinct subjects that sent a flagged row of this fingerprint in a minute (HyperLogLog);
+    tagged by the fingerprint's first byte, so they spread over a cluster."""
+    return f"ea:{{afp:{fingerprint[:2]}}}:{model}:{fingerprint}:{minute}"
+
+
+def analytics_network_subjects_key(prefix: str, minute: int) -> str:
+    """Distinct subjects of a network in a minute (HyperLogLog)."""
+    return f"ea:{{{prefix_tag(prefix)}}}:ans:{minute}"
+
+
 # ---- hash fields. Each class names the fields of one kind of hash. (A window's counter,
 # `counter_key`, and the failure counters are hashes of sub-bucket index → count: no fixed names.)
 
@@ -209,6 +257,9 @@ class RiskFields:
     `multiplier` inside the decision's Lua call."""
 
     MULTIPLIER = "multiplier"
+    # output degradation written by the analytics worker: 0 none, 1 rounded scores, 2 top-1,
+    # 3 labels only (enforced by the response-shaping filter, issue 13)
+    DEGRADE = "degrade"
     SUBJECT = "subject"
     REASON = "reason"
     UNTIL = "until"

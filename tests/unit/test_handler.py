@@ -262,3 +262,29 @@ def test_decision_log_names_the_device_and_worker_never_the_credential() -> None
         view, Decision(Status.UNAUTHENTICATED, Reason.NO_CREDENTIAL, "d2"), 1
     )
     assert anonymous["device"] is None and anonymous["device_trust"] is None
+
+
+class FakeEvents:
+    """A QueryEvents stage (stages.py) that keeps what it was given."""
+
+    def __init__(self) -> None:
+        self.emitted: list[tuple[RequestView, Decision]] = []
+
+    def emit(self, view: RequestView, decision: Decision) -> None:
+        self.emitted.append((view, decision))
+
+
+async def test_every_decision_is_offered_to_the_query_stream_after_its_record() -> None:
+    """The handler hands each decision over (the emitter keeps allowed inferences only,
+    tests/unit/test_analytics.py); allowed and denied alike, after the decision log."""
+    events = FakeEvents()
+    for policy, code in ((ALLOW, 0), (PolicyDecision(False, 403, "project_mismatch"), 7)):
+        log = FakeLog()
+        h = CheckHandler(
+            FakeAuthn(ALICE), FakePolicy(policy), FakeLimiter(ADMIT), log, 1024, events=events
+        )
+        resp = await h.check(check_request(headers={"x-api-key": "eak_x"}))
+        assert resp.status.code == code
+        view, decision = events.emitted[-1]
+        assert decision is log.records[-1][1] and view.route.name == "digits"
+    assert [d.status for _, d in events.emitted] == [Status.OK, Status.FORBIDDEN]

@@ -8,6 +8,7 @@ import inspect
 import pytest
 
 from extauthz import stages
+from extauthz.analytics.events import QueryEmitter
 from extauthz.authn.authenticator import Authenticator
 from extauthz.decisionlog import DecisionLog
 from extauthz.limits.limiter import Limiter
@@ -15,7 +16,7 @@ from extauthz.policy.engine import PolicyEngine
 from extauthz.policy.opa import OpaClient
 from tests.unit.test_engine import FakeOpa
 from tests.unit.test_fuzz import BodyPolicy
-from tests.unit.test_handler import FakeAuthn, FakeLimiter, FakeLog, FakePolicy
+from tests.unit.test_handler import FakeAuthn, FakeEvents, FakeLimiter, FakeLog, FakePolicy
 
 IMPLEMENTATIONS = [
     (stages.Authenticator, Authenticator),
@@ -29,6 +30,8 @@ IMPLEMENTATIONS = [
     (stages.LimitStage, FakeLimiter),
     (stages.DecisionLog, DecisionLog),
     (stages.DecisionLog, FakeLog),
+    (stages.QueryEvents, QueryEmitter),
+    (stages.QueryEvents, FakeEvents),
 ]
 
 

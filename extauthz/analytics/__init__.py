@@ -1,0 +1,1 @@
+"""Behavioural analytics on the query stream (issue 12): events, detectors, actions, worker."""
