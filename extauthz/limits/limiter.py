@@ -237,7 +237,7 @@ class Limiter:
         longer active or a single-use value was seen before. Feeds the local cache."""
         states: dict[int, WindowState] = {}
         denied_by: list[tuple[int, str]] = []
-        verdict, retry_ms = 1, 0
+        verdict, retry_ms, degrade = 1, 0, 0
         # a slot that counted while another denied is refunded: report it as not counted
         refunded = any(int(raw[0]) != 1 for raw in replies)
         state_denial: Denied | None = None
@@ -268,6 +268,8 @@ class Limiter:
                     QUARANTINES.labels("subject").inc()
                     self.local.put(plan.blocks[0][0], now + int(raw[1]) / 1000, now)
                     self.known.quarantine(plan.blocks[0][0], now + int(raw[1]) / 1000)
+            if call.risk and len(raw) > 3 + 4 * len(call.windows):
+                degrade = max(degrade, int(raw[3 + 4 * len(call.windows)]))
             for j, i in enumerate(call.windows):
                 remaining, reset, limit, denied = (int(x) for x in raw[3 + 4 * j : 7 + 4 * j])
                 if refunded and v == 1:
@@ -285,7 +287,7 @@ class Limiter:
             ms, kind = block
             return quarantined(ms / 1000, kind, ordered).limits  # type: ignore[return-value]
         if verdict == 1:
-            return LimitResult(allowed=True, reason=Reason.OK, windows=ordered)
+            return LimitResult(allowed=True, reason=Reason.OK, windows=ordered, degrade=degrade)
         detail = "window " + max(denied_by)[1] if denied_by else "window"
         return LimitResult(
             allowed=False,

@@ -279,6 +279,29 @@ class ThrottleStore:
         await self._redis.expire(key, ttl)
         return until
 
+    async def set_degrade(self, subject: str, level: int, ttl: int, reason: str = "") -> int:
+        """The subject's response degradation level (field `degrade` of its risk hash, read by
+        the decision's Lua call): 1 scores rounded to 2 decimals, 2 top-1 class, 3 labels only;
+        0 clears it. The hash expires as a whole: the latest write's TTL holds for both fields."""
+        if level not in (0, 1, 2, 3):
+            raise ValueError("a degradation level is 0, 1, 2 or 3")
+        key = risk_key(subject)
+        if level == 0:
+            await self._redis.hdel(key, "degrade", "degrade_reason", "degrade_until")
+            return 0
+        until = int(self._clock()) + ttl
+        await self._redis.hset(
+            key,
+            mapping={
+                "degrade": str(level),
+                "subject": subject,
+                "degrade_reason": reason,
+                "degrade_until": str(until),
+            },
+        )
+        await self._redis.expire(key, ttl)
+        return until
+
     async def clear_risk(self, subject: str) -> bool:
         return bool(await self._redis.delete(risk_key(subject)))
 
