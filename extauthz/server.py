@@ -56,7 +56,7 @@ async def serve(settings: Settings, worker: bool = False) -> None:
     services = [SERVICE_NAME]
     if not settings.shape_port:  # the response-shaping processor shares this server
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
-            ShapingProcessor(service.decision_log), server
+            ShapingProcessor(service.decision_log, settings.shape_max_body_bytes), server
         )
         services.append(SHAPING_SERVICE)
     health_servicer = health.aio.HealthServicer()
@@ -86,7 +86,7 @@ async def serve_shaping(settings: Settings) -> None:
     decision_log.start()
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
     external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
-        ShapingProcessor(decision_log), server
+        ShapingProcessor(decision_log, settings.shape_max_body_bytes), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

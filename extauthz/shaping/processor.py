@@ -42,6 +42,7 @@ from extauthz.types import ResponsePlan
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+MAX_BODY = 1048576  # EXTAUTHZ_SHAPE_MAX_BODY_BYTES' default
 LOGGED_BODY = 1024  # bytes of a model-server error body kept in the decision log
 _OVERWRITE = HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
@@ -93,8 +94,9 @@ def _failed(reason: str) -> ProcessingResponse:
 class Exchange:
     """One response's way through the processor: its plan, status and headers."""
 
-    def __init__(self, decision_log: DecisionLog | None) -> None:
+    def __init__(self, decision_log: DecisionLog | None, max_body: int = MAX_BODY) -> None:
         self._log = decision_log
+        self._max_body = max_body
         self.plan: ResponsePlan | None = None
         self.request_id = ""
         self.decision_id = ""
@@ -120,6 +122,8 @@ class Exchange:
         """The whole answer is here: shape it, or replace it."""
         if self.status >= 400 or self.status < 200:
             return self._upstream_error(body)
+        if len(body) > self._max_body:  # Envoy buffered past its limit: refuse it whole
+            return _failed("too_large")
         encoding = self.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             return _failed("encoding")
@@ -166,13 +170,14 @@ class Exchange:
 
 
 class ShapingProcessor(external_processor_pb2_grpc.ExternalProcessorServicer):
-    def __init__(self, decision_log: DecisionLog | None = None) -> None:
+    def __init__(self, decision_log: DecisionLog | None = None, max_body: int = MAX_BODY) -> None:
         self._log = decision_log
+        self._max_body = max_body
 
     async def Process(  # noqa: N802 - the gRPC method name
         self, request_iterator: AsyncIterator[ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[ProcessingResponse]:
-        exchange = Exchange(self._log)
+        exchange = Exchange(self._log, self._max_body)
         async for request in request_iterator:
             started = time.perf_counter()
             kind = request.WhichOneof("request")

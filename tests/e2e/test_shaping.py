@@ -4,14 +4,18 @@ generic, cache headers, and unshaped answers that never reach the processor."""
 
 from __future__ import annotations
 
+import http.server
 import json
 import secrets
+import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from extauthz.dev.devstack import Stack
+from extauthz.dev.runner import free_ports
 from tests.e2e.conftest import Keys, cli
 from tests.e2e.payloads import CANCER, DIGITS, IRIS, infer
 from tests.e2e.test_policy import metric
@@ -209,3 +213,101 @@ def test_confidential_answers_are_not_stored_and_public_ones_only_per_caller(
         assert resp.headers["vary"] == "authorization, x-api-key, dpop"
     meta = gateway.get("/v2/models/cancer", headers=bob)
     assert meta.status_code == 200 and meta.headers["cache-control"] == "no-store"
+
+
+# --------------------------------------------- chunked answers and the buffer limit
+
+
+class ChunkedModel(http.server.BaseHTTPRequestHandler):
+    """A V2 model server that always streams (Transfer-Encoding: chunked, no Content-Length);
+    `x-test-rows` rows of 2 class scores each."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:  # noqa: N802 - the http.server hook
+        self.rfile.read(int(self.headers.get("content-length", "0")))
+        rows = int(self.headers.get("x-test-rows", "1"))
+        doc = {
+            "model_name": "cancer",
+            "outputs": [
+                {
+                    "name": "predict_proba",
+                    "datatype": "FP64",
+                    "shape": [rows, 2],
+                    "data": [0.123456789, 0.876543211] * rows,
+                }
+            ],
+        }
+        body = json.dumps(doc).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("transfer-encoding", "chunked")
+        self.end_headers()
+        try:
+            for i in range(0, len(body), 4096):
+                piece = body[i : i + 4096]
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+            self.wfile.write(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # Envoy stopped reading: the answer was too large
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def chunked_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second Envoy (same extauthz, OPA, Redis) in front of ChunkedModel."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ChunkedModel)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    envoy, admin, mtls = free_ports(3)
+    settings = stack.settings.model_copy(
+        update={
+            "run_dir": tmp_path_factory.mktemp("chunked"),
+            "envoy_port": envoy,
+            "envoy_admin_port": admin,
+            "envoy_mtls_port": mtls,
+            "model_port": server.server_address[1],
+        }
+    )
+    second = Stack(settings, redis_aof=False)
+    second.up(["envoy"])
+    try:
+        yield second.envoy_url
+    finally:
+        second.down(["envoy"])
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_chunked_answer_is_shaped_whole_with_its_length_set(
+    chunked_gateway: str, make_key: Keys
+) -> None:
+    _, headers = clinician(make_key)
+    resp = httpx.post(
+        f"{chunked_gateway}/v2/models/cancer/infer",
+        json=SCORES,
+        headers={**headers, "x-test-rows": "3"},
+        timeout=10,
+    )
+    assert resp.status_code == 200, resp.text
+    assert output(resp, "predict_proba")["data"] == [0.88, 0.88, 0.88]
+    assert output(resp, "predict_proba_classes")["data"] == [1, 1, 1]
+    assert "transfer-encoding" not in resp.headers
+    assert int(resp.headers["content-length"]) == len(resp.content)
+
+
+def test_an_answer_past_the_buffer_limit_is_a_generic_503_never_half_a_body(
+    stack: Stack, chunked_gateway: str, make_key: Keys
+) -> None:
+    _, headers = clinician(make_key)
+    rows = stack.settings.shape_max_body_bytes // 25  # ~30 bytes a row: past the limit
+    resp = httpx.post(
+        f"{chunked_gateway}/v2/models/cancer/infer",
+        json=SCORES,
+        headers={**headers, "x-test-rows": str(rows)},
+        timeout=10,
+    )
+    assert (resp.status_code, resp.content) == (503, b'{"error":"unavailable"}')
+    assert resp.headers["content-type"] == "application/json"
