@@ -162,6 +162,9 @@ def test_unshaped_answers_never_reach_the_processor(
         resp = gateway.post("/v2/models/digits/infer", json=DIGIT_SCORES, headers=headers)
         assert resp.status_code == 200
         assert output(resp, "predict_proba")["shape"] == [1, 10]
+    # nor do Envoy's own replies that never had a route (a codec error)
+    bad = gateway.post("/v2/models/digits/infer", json=DIGITS, headers={**headers, "x_a": "1"})
+    assert (bad.status_code, bad.content) == (400, b'{"error":"bad_request"}')
     assert envoy_stat(stack, STREAMS) == streams  # Envoy opened no ext_proc stream
     assert shaped_count(stack) == handled  # and the processor saw nothing
     # the metrics do move when an answer is shaped (the assertion above can fail)
@@ -311,3 +314,18 @@ def test_an_answer_past_the_buffer_limit_is_a_generic_503_never_half_a_body(
     )
     assert (resp.status_code, resp.content) == (503, b'{"error":"unavailable"}')
     assert resp.headers["content-type"] == "application/json"
+
+
+def test_a_model_server_404_is_the_gateways_not_found_and_denials_stay_as_they_are(
+    stack: Stack, gateway: httpx.Client, make_key: Keys
+) -> None:
+    alice = bearer(make_key(f"shape-fay-{secrets.token_hex(3)}", "analyst", "vision"))
+    leaked = httpx.get(f"http://127.0.0.1:{stack.settings.model_port}/v2/models/digits/versions/9")
+    assert leaked.status_code == 404 and "digits" in leaked.text  # the server names the model
+    resp = gateway.get("/v2/models/digits/versions/9", headers=alice)
+    assert (resp.status_code, resp.content) == (404, b'{"error":"not_found"}')
+    # extauthz's own denials are local replies: custom_response leaves them alone
+    denied = gateway.post("/v2/models/cancer/infer", json=CANCER, headers=alice)
+    assert (denied.status_code, denied.content) == (403, b'{"error":"forbidden"}')
+    limited = gateway.post("/v2/models/digits/infer", json=DIGITS, headers={"x-api-key": "nope"})
+    assert limited.status_code == 401 and "www-authenticate" in limited.headers
