@@ -328,3 +328,20 @@ def test_an_answer_past_the_limit_is_refused_whole() -> None:
     assert responses[-1].immediate_response.status.code == 503
     responses, _ = run(headers(200, plan=PLAN), body(RAW), max_body=len(RAW))
     assert responses[-1].HasField("response_body")
+
+
+def test_policy_explain_shows_the_plan_the_service_derives() -> None:
+    from extauthz.policy.tools import plan_of
+
+    decision = {"allow": True, "response": {"round": 2, "max_classes": 1, "cache": "no-store"}}
+    assert plan_of(decision) == {
+        "shaped": True,
+        "round": 2,
+        "max_classes": 1,
+        "labels_only": False,
+        "drop_outputs": (),
+        "cache": "no-store",
+    }
+    assert plan_of(decision, degrade=3)["labels_only"] is True
+    assert plan_of(decision, action="metadata")["shaped"] is False
+    assert plan_of({"allow": False})["shaped"] is False
