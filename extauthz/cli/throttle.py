@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from extauthz.cli.common import parse_duration, when, with_redis
+from extauthz.store.schema import RiskFields
 
 
 def _with_throttle(fn: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -60,11 +61,13 @@ def cmd_throttle_show(args: argparse.Namespace) -> int:
                 f"subject {r.get('subject', '?')}: limits x {r.get('multiplier', '?')} until "
                 f"{when(int(r.get('until') or 0))}: {r.get('reason', '')}"
             )
-        if r.get("degrade", "0") != "0":
+        level = r.get(RiskFields.DEGRADE, "0")
+        if level != "0":
             print(
-                f"subject {r.get('subject', '?')}: answers degraded to level {r['degrade']} "
-                f"({DEGRADE_NAMES.get(r['degrade'], '?')}) until "
-                f"{when(int(r.get('degrade_until') or 0))}: {r.get('degrade_reason', '')}"
+                f"subject {r.get(RiskFields.SUBJECT, '?')}: answers degraded to level {level} "
+                f"({DEGRADE_NAMES.get(level, '?')}) until "
+                f"{when(int(r.get(RiskFields.DEGRADE_UNTIL) or 0))}: "
+                f"{r.get(RiskFields.DEGRADE_REASON, '')}"
             )
     return 0
 
