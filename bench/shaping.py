@@ -183,13 +183,26 @@ def run(
             "p99_us": percentile(values, 99),
             "rps_median": median(rps),
         }
-    for by_conc in summary.values():
-        for cells in by_conc.values():
+    by_round = {(x["round"], x["request"], x["concurrency"], x["envoy"]): x for x in runs}
+    for kind, by_conc in summary.items():
+        for conc, cells in by_conc.items():
             base = cells["base"]
-            for cell in cells.values():
+            for envoy, cell in cells.items():
                 cell["p50_added_us"] = cell["p50_us"] - base["p50_us"]
                 cell["p50_cost_pct"] = 100 * (cell["p50_us"] / base["p50_us"] - 1)
                 cell["rps_cost_pct"] = 100 * (1 - cell["rps_median"] / base["rps_median"])
+                # the load of a shared machine drifts between runs: the median over rounds of
+                # each round's ratio to `base` (runs of one round are seconds apart) is steadier
+                pairs = [
+                    (by_round[(r, kind, int(conc), envoy)], by_round[(r, kind, int(conc), "base")])
+                    for r in range(rounds)
+                ]
+                cell["p50_ratio_median_pct"] = 100 * (
+                    median(a["p50_us"] / b["p50_us"] for a, b in pairs) - 1
+                )
+                cell["rps_ratio_median_pct"] = 100 * (
+                    1 - median(a["rps"] / b["rps"] for a, b in pairs)
+                )
     doc = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
         "seconds": round(time.time() - started, 1),
@@ -212,8 +225,9 @@ def run(
 
 def table(doc: dict[str, Any]) -> str:
     lines = [
-        "| request | c | envoy | p50 ms | p99 ms | req/s | p50 added | p50 cost | req/s cost |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| request | c | envoy | p50 ms | p99 ms | req/s | p50 added | p50 cost | req/s cost "
+        "| p50 cost, median of rounds | req/s cost, median of rounds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind, by_conc in doc["summary"].items():
         for conc, cells in by_conc.items():
@@ -223,7 +237,8 @@ def table(doc: dict[str, Any]) -> str:
                     f"| {kind} | {conc} | {envoy} | {c['p50_us'] / 1000:.2f} | "
                     f"{c['p99_us'] / 1000:.2f} | {c['rps_median']:.0f} | "
                     f"{c['p50_added_us']:+.0f} µs | {c['p50_cost_pct']:+.1f} % | "
-                    f"{c['rps_cost_pct']:+.1f} % |"
+                    f"{c['rps_cost_pct']:+.1f} % | {c['p50_ratio_median_pct']:+.1f} % | "
+                    f"{c['rps_ratio_median_pct']:+.1f} % |"
                 )
     return "\n".join(lines)
 
