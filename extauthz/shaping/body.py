@@ -10,8 +10,10 @@ A class-score output is a floating-point output with two or more values per row 
 - `max_classes` k: each class-score output keeps its k highest scores per row, highest first
   (shape [rows, k]), and a new output `<name>_classes` (INT64, [rows, k]) says whose they are;
 - `round` n: every floating-point value left is rounded to n decimals.
-Anything that is not such a response raises ShapeError: the caller answers 503, never a half
-or unshaped body.
+A text (BYTES) output in an answer whose scores are shaped raises too: scores encoded as text
+(an output `content_type` of `str` or `base64`) would otherwise pass unrounded. Anything that
+is not such a response raises ShapeError: the caller answers 503, never a half or unshaped
+body.
 """
 
 from __future__ import annotations
@@ -98,6 +100,9 @@ def _rows(values: list[float], rows: int, cols: int) -> list[list[float]]:
 
 def _shape_output(out: dict[str, Any], plan: ResponsePlan) -> list[dict[str, Any]]:
     name, datatype, shape, values = _output(out)
+    if datatype == "BYTES" and _touches_scores(plan):
+        # scores sent as text (an output `content_type` of str/base64) would pass unrounded
+        raise ShapeError("a text output in an answer whose scores are shaped")
     if datatype not in FLOATS:
         return [out]
     values = _numbers(values)
@@ -125,6 +130,10 @@ def _shape_output(out: dict[str, Any], plan: ResponsePlan) -> list[dict[str, Any
         n = plan.round
         values = [round(v, n) for v in values]
     return [{**out, "data": values}, *extra]
+
+
+def _touches_scores(plan: ResponsePlan) -> bool:
+    return plan.round is not None or plan.max_classes is not None or plan.labels_only
 
 
 def shape_response(raw: bytes, plan: ResponsePlan) -> bytes:

@@ -182,6 +182,18 @@ def test_named_outputs_are_dropped_and_nested_data_is_read_row_major() -> None:
     assert shaped(ResponsePlan(max_classes=1), nested)["outputs"][0]["data"] == [0.5678, 0.7]
 
 
+def test_scores_sent_as_text_are_refused_when_scores_are_shaped() -> None:
+    text = {"outputs": [{"name": "p", "datatype": "BYTES", "shape": [1], "data": ["0.98765"]}]}
+    for plan in (
+        ResponsePlan(round=2),
+        ResponsePlan(max_classes=1),
+        ResponsePlan(labels_only=True),
+    ):
+        with pytest.raises(ShapeError):
+            shaped(plan, text)
+    assert shaped(ResponsePlan(drop_outputs=("q",)), text) == text  # nothing about scores
+
+
 @pytest.mark.parametrize(
     "raw",
     [
