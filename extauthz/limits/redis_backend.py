@@ -159,6 +159,8 @@ class RedisBackend:
     def _learn(self, plan: Plan, call: Call, r: CheckReply, now: float) -> None:
         """Remember what Redis said of states, quarantines and jtis, for the fallback."""
         known, v = self.known, r.verdict
+        if call.risk and v in (ADMITTED, FULL):
+            known.degrade(call.risk, r.degrade)
         checked = call.state if v != INACTIVE else call.state[: r.index - 1]
         for i in checked:
             known.confirm(plan.state[i][0], now)
