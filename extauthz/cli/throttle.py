@@ -66,8 +66,8 @@ def cmd_throttle_show(args: argparse.Namespace) -> int:
             print(
                 f"subject {r.get(RiskFields.SUBJECT, '?')}: answers degraded to level {level} "
                 f"({DEGRADE_NAMES.get(level, '?')}) until "
-                f"{when(int(r.get(RiskFields.DEGRADE_UNTIL) or 0))}: "
-                f"{r.get(RiskFields.DEGRADE_REASON, '')}"
+                f"{when(int(r.get(RiskFields.DEGRADE_UNTIL) or r.get(RiskFields.UNTIL) or 0))}: "
+                f"{r.get(RiskFields.DEGRADE_REASON) or r.get(RiskFields.REASON, '')}"
             )
     return 0
 
