@@ -193,6 +193,7 @@ def test_a_malformed_tensor_gets_a_generic_json_error_never_the_servers_text(
         )
         assert (resp.status_code, resp.json()) == expected, (model, resp.text)
         assert resp.headers["content-type"] == "application/json"
+        assert resp.headers["cache-control"] == "no-store"
         assert leaked.text not in resp.text
     # on the shaped route the original is kept in the decision log, under the request id
     record = wait_for_log(stack, resp.headers["x-request-id"], "upstream_error")
