@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OPA := $(shell command -v opa 2>/dev/null || echo bin/opa)
 
-.PHONY: bootstrap up down status demo test test-unit rego-test lint fmt clean bench bench-tools bench-gate soak redteam
+.PHONY: bootstrap up down status demo test test-unit rego-test lint fmt clean bench bench-tools bench-gate bench-shaping soak redteam
 
 bootstrap:  ## install what this machine lacks (venvs, redis-server, opa)
 	@bash scripts/bootstrap.sh
@@ -39,6 +39,10 @@ bench: bootstrap bench-tools  ## micro + end-to-end benchmarks -> bench/results/
 bench-gate: bootstrap  ## the short CI benchmark gate alone (ratios vs bench/baseline.json)
 	@bash scripts/install_bench_tools.sh --minimal
 	@$(PY) -m bench.gate
+
+bench-shaping: bootstrap  ## what response shaping costs (shaped / unshaped, with and without the filters)
+	@bash scripts/install_bench_tools.sh --minimal
+	@$(PY) -m bench.shaping
 
 soak: bootstrap  ## 10 minutes of mixed traffic through Envoy: RSS, fds, Redis memory, p99 drift (not in CI)
 	@$(PY) -m bench.soak

@@ -56,6 +56,11 @@ class DecisionLog:
             orjson.dumps(decision_record(view, decision, duration_ns, self._pid)) + b"\n"
         )
 
+    def record_event(self, event: dict[str, Any]) -> None:
+        """A line that is not a decision (e.g. the response path's `upstream_error`): the same
+        file, keyed by the request id it belongs to."""
+        self._queue.put(orjson.dumps({**event, "worker": self._pid}) + b"\n")
+
     def _write_forever(self) -> None:
         out: IO[bytes] = (
             sys.stderr.buffer if self._target == "-" else open(self._target, "ab")  # noqa: SIM115

@@ -12,14 +12,17 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from extauthz.metrics import DECISION_SECONDS, DECISIONS
 from extauthz.request import NO_FORWARDING, Forwarding, parse_check_request
 from extauthz.response import UPSTREAM_PREFIX, build_response
+from extauthz.shaping.plan import CACHE_MODES, merge_degrade
 from extauthz.stages import Authenticator, DecisionLog, LimitStage, PolicyEngine, QueryEvents
 from extauthz.types import (
     Decision,
     Denied,
+    LimitResult,
     PolicyDecision,
     Principal,
     Reason,
     RequestView,
+    ResponsePlan,
     Status,
 )
 
@@ -73,6 +76,7 @@ class CheckHandler:
                 limits=limits,
                 upstream_headers=upstream_headers(principal, policy, decision_id),
                 extra={"detail": limits.detail},
+                plan=response_plan(view, policy, limits),
             )
         except Denied as denied:
             decision = Decision(
@@ -107,6 +111,19 @@ class CheckHandler:
             if denied.status is Status.UNAUTHENTICATED:
                 await self._limiter.auth_failed(view)
             raise
+
+
+_UNSHAPED = {cache: ResponsePlan(cache=cache) for cache in CACHE_MODES}
+
+
+def response_plan(view: RequestView, policy: PolicyDecision, limits: LimitResult) -> ResponsePlan:
+    """The policy's plan and the subject's degradation level (the stricter wins); only an
+    inference answer is shaped, the cache headers apply to every answer."""
+    if view.route.action != "infer":
+        return _UNSHAPED[policy.plan.cache]
+    if limits.degrade:
+        return merge_degrade(policy.plan, limits.degrade)
+    return policy.plan
 
 
 def upstream_headers(

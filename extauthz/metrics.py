@@ -90,6 +90,17 @@ THREAT_LEVEL = Gauge(
     multiprocess_mode="livemax",
 )
 
+SHAPING = Counter(
+    "extauthz_shaping_total",
+    "Responses the ext_proc processor handled, by outcome (shaped, upstream_error, failed)",
+    ["outcome"],
+)
+SHAPING_SECONDS = Histogram(
+    "extauthz_shaping_seconds",
+    "Time the ext_proc processor spent on one message (headers or the buffered body)",
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05),
+)
+
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
     if port:

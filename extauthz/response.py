@@ -12,6 +12,7 @@ from envoy.type.v3.http_status_pb2 import HttpStatus
 from google.rpc import status_pb2
 
 from extauthz.authn.authenticator import CREDENTIAL_HEADERS
+from extauthz.shaping.plan import CACHE_MODES, cache_headers, to_metadata
 from extauthz.types import Decision, LimitResult, Status, WindowState
 
 UPSTREAM_PREFIX = "x-extauthz-"
@@ -69,17 +70,34 @@ def headers_to_strip(request_headers: dict[str, str], upstream: dict[str, str]) 
     return removed
 
 
+# Cache-Control and Vary of allowed answers, per the plan's cache mode (built once)
+_CACHE_HEADERS = {
+    mode: [_header(k, v) for k, v in cache_headers(mode, CREDENTIAL_HEADERS)]
+    for mode in CACHE_MODES
+}
+
+
 def build_ok(decision: Decision, request_headers: dict[str, str]) -> CheckResponse:
     upstream = dict(decision.upstream_headers)
     removed = headers_to_strip(request_headers, upstream)
-    return CheckResponse(
+    plan = decision.plan
+    response = CheckResponse(
         status=status_pb2.Status(code=0),
         ok_response=OkHttpResponse(
             headers=[_header(k, v) for k, v in upstream.items()],
             headers_to_remove=removed,
-            response_headers_to_add=[_header(k, v) for k, v in _limit_headers(decision.limits)],
+            response_headers_to_add=[
+                *_CACHE_HEADERS[plan.cache],
+                *(_header(k, v) for k, v in _limit_headers(decision.limits)),
+            ],
         ),
     )
+    if plan.shapes:
+        # Envoy routes on this metadata (the `shaped` route, with ext_proc); clients cannot
+        # write dynamic metadata, so no request can add, alter or remove a plan.
+        metadata = to_metadata(plan, request_headers.get("x-request-id", ""), decision.decision_id)
+        response.dynamic_metadata.update(metadata)
+    return response
 
 
 def challenge(request_headers: dict[str, str]) -> str:

@@ -11,11 +11,15 @@ from typing import Any
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from extauthz.decisionlog import DecisionLog
 from extauthz.handler import CheckHandler
 from extauthz.metrics import serve_metrics
 from extauthz.settings import Settings
+from extauthz.shaping.processor import SERVICE_NAME as SHAPING_SERVICE
+from extauthz.shaping.processor import ShapingProcessor
 from extauthz.wiring import build_service
 
 log = logging.getLogger(__name__)
@@ -49,12 +53,18 @@ async def serve(settings: Settings, worker: bool = False) -> None:
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
         AuthorizationServicer(service.handler), server
     )
+    services = [SERVICE_NAME]
+    if not settings.shape_port:  # the response-shaping processor shares this server
+        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
+            ShapingProcessor(service.decision_log, settings.shape_max_body_bytes), server
+        )
+        services.append(SHAPING_SERVICE)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     address = f"{settings.host}:{settings.port}"
     server.add_insecure_port(address)
     await server.start()
-    for name in ("", SERVICE_NAME):
+    for name in ("", *services):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("extauthz listening on %s", address)
 
@@ -67,6 +77,32 @@ async def serve(settings: Settings, worker: bool = False) -> None:
     await health_servicer.enter_graceful_shutdown()
     await server.stop(grace=5)
     await service.close()
+
+
+async def serve_shaping(settings: Settings) -> None:
+    """The ext_proc processor alone, on EXTAUTHZ_SHAPE_PORT (`serve --shaping-only`): a
+    process beside the service, so shaping work never shares the decisions' event loop."""
+    decision_log = DecisionLog(settings.decision_log)
+    decision_log.start()
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)])
+    external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(
+        ShapingProcessor(decision_log, settings.shape_max_body_bytes), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{settings.host}:{settings.shape_port}"
+    server.add_insecure_port(address)
+    await server.start()
+    for name in ("", SHAPING_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("extauthz shaping processor listening on %s", address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(grace=5)
+    decision_log.stop()
 
 
 def run(settings: Settings, worker: bool = False) -> None:

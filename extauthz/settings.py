@@ -340,6 +340,19 @@ class Settings(BaseSettings):
         65536, description="Largest request body the service reads (Envoy buffers up to this)."
     )
 
+    # --- response shaping (extauthz/shaping/)
+    shape_port: int = Field(
+        0,
+        description="Port of the ext_proc response-shaping processor Envoy calls; 0: the "
+        "ext_authz port (the processor runs in the service process). Otherwise run "
+        "`extauthz serve --shaping-only` beside the service.",
+    )
+    shape_max_body_bytes: int = Field(
+        1048576,
+        description="Largest model answer Envoy buffers for shaping; a larger one gets 503 "
+        '{"error":"unavailable"} (never a half or unshaped body).',
+    )
+
     # --- dev stack (make up / make demo / tests)
     run_dir: Path = Field(
         Path(".run"), description="Pids, logs, models and configs of the dev stack."

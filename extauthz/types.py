@@ -151,6 +151,31 @@ class Window:
 
 
 @dataclass(frozen=True, slots=True)
+class ResponsePlan:
+    """What the response path does to an allowed answer (rego/README.md, "Response plan"):
+    the policy's hints merged with the subject's degradation level. Empty: not shaped at all
+    (the response never reaches the ext_proc processor)."""
+
+    round: int | None = None  # floating-point outputs rounded to this many decimals
+    max_classes: int | None = None  # class-score outputs keep the top-k classes per row
+    labels_only: bool = False  # class-score outputs become their labels (argmax)
+    drop_outputs: tuple[str, ...] = ()  # outputs removed by name
+    cache: str = "no-store"  # no-store | tenant: Cache-Control and Vary of the answer
+
+    @property
+    def shapes(self) -> bool:
+        return (
+            self.round is not None
+            or self.max_classes is not None
+            or self.labels_only
+            or bool(self.drop_outputs)
+        )
+
+
+NO_PLAN = ResponsePlan()
+
+
+@dataclass(frozen=True, slots=True)
 class PolicyDecision:
     allow: bool
     status: int
@@ -165,6 +190,7 @@ class PolicyDecision:
     project: str = ""  # the model's project (the `project` dimension)
     fail_mode: str = "closed"  # open: an in-process limiter stands in while Redis is down
     throttle: tuple[tuple[str, float], ...] = ()  # threat level -> limit factor, this model
+    plan: ResponsePlan = NO_PLAN  # `response`, parsed and validated (shaping.plan)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +209,7 @@ class LimitResult:
     windows: tuple[WindowState, ...] = ()
     retry_after: int = 0
     detail: str = ""  # for the decision log: which window or block denied, "local", "fallback"
+    degrade: int = 0  # the subject's degradation level (risk hash field `degrade`): 0-3
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +226,7 @@ class Decision:
     remove_headers: tuple[str, ...] = ()
     extra: dict[str, str] = field(default_factory=dict)
     denial_headers: tuple[tuple[str, str], ...] = ()  # e.g. WWW-Authenticate + DPoP-Nonce
+    plan: ResponsePlan = NO_PLAN  # what the response path does to the answer (allowed only)
 
     @property
     def allowed(self) -> bool:

@@ -83,7 +83,21 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         settings.max_body_bytes,
     )
     print(json.dumps(doc, indent=2))
+    _show_plan(doc, args.degrade)
     return 0
+
+
+def _show_plan(doc: dict, degrade: int) -> None:
+    """The decision's response plan on stderr (stdout stays the input, for `policy eval`)."""
+    from extauthz.policy.tools import evaluate, plan_of
+
+    try:
+        decision = evaluate(_opa(), _policy_dir(), doc, load_settings().opa_decision_path)
+        plan = plan_of(decision, degrade, doc["request"]["action"])
+    except (RuntimeError, ValueError) as exc:
+        print(f"response plan: unavailable ({exc})", file=sys.stderr)
+        return
+    print(f"response plan (degrade {degrade}): {json.dumps(plan)}", file=sys.stderr)
 
 
 async def _principal_for_key(redis, settings, key: str):  # type: ignore[no-untyped-def]
@@ -138,6 +152,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     pexplain.add_argument("--projects", type=csv, default=())
     pexplain.add_argument("--tier", default="standard")
     pexplain.add_argument("--credential", default="api_key")
+    pexplain.add_argument(
+        "--degrade",
+        type=int,
+        default=0,
+        choices=(0, 1, 2, 3),
+        help="the caller's degradation level, for the response plan shown on stderr",
+    )
     pexplain.set_defaults(func=cmd_policy_explain)
     pdiff = policy.add_parser("diff", help="summary of shadow-mode disagreements")
     pdiff.add_argument("--log", help="shadow log (default: EXTAUTHZ_SHADOW_LOG)")

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 
 from extauthz.settings import describe_settings, load_settings
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from extauthz.server import run, supervise
+    from extauthz.server import run, run_on_loop, serve_shaping, supervise
 
     settings = load_settings()
     logging.basicConfig(
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if args.shaping_only:
+        if not settings.shape_port:
+            print("--shaping-only needs EXTAUTHZ_SHAPE_PORT", file=sys.stderr)
+            return 2
+        run_on_loop(serve_shaping(settings), settings.event_loop)
+        return 0
     workers = args.workers or settings.workers
     if args.worker_index is None and workers > 1:
         return supervise(settings, workers)
@@ -38,4 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="processes sharing the port (SO_REUSEPORT); default EXTAUTHZ_WORKERS",
     )
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument(
+        "--shaping-only",
+        action="store_true",
+        help="run only the ext_proc response-shaping processor, on EXTAUTHZ_SHAPE_PORT",
+    )
     serve.set_defaults(func=cmd_serve)

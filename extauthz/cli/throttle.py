@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from extauthz.cli.common import parse_duration, when, with_redis
+from extauthz.store.schema import RiskFields
 
 
 def _with_throttle(fn: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -55,9 +56,39 @@ def cmd_throttle_show(args: argparse.Namespace) -> int:
         by = f", by {threat.by}" if threat.by else ""
         print(f"threat level {threat.level} until {when(threat.until)}{by}: {threat.reason}")
     for r in risks:
+        if "multiplier" in r:
+            print(
+                f"subject {r.get('subject', '?')}: limits x {r.get('multiplier', '?')} until "
+                f"{when(int(r.get('until') or 0))}: {r.get('reason', '')}"
+            )
+        level = r.get(RiskFields.DEGRADE, "0")
+        if level != "0":
+            print(
+                f"subject {r.get(RiskFields.SUBJECT, '?')}: answers degraded to level {level} "
+                f"({DEGRADE_NAMES.get(level, '?')}) until "
+                f"{when(int(r.get(RiskFields.DEGRADE_UNTIL) or r.get(RiskFields.UNTIL) or 0))}: "
+                f"{r.get(RiskFields.DEGRADE_REASON) or r.get(RiskFields.REASON, '')}"
+            )
+    return 0
+
+
+DEGRADE_NAMES = {"1": "scores rounded", "2": "top-1 class", "3": "labels only"}
+
+
+def cmd_throttle_degrade(args: argparse.Namespace) -> int:
+    try:
+        until = _with_throttle(
+            lambda store: store.set_degrade(args.subject, args.level, args.ttl, args.reason)
+        )
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if args.level == 0:
+        print(f"{args.subject}: answers no longer degraded")
+    else:
+        name = DEGRADE_NAMES[str(args.level)]
         print(
-            f"subject {r.get('subject', '?')}: limits x {r.get('multiplier', '?')} until "
-            f"{when(int(r.get('until') or 0))}: {r.get('reason', '')}"
+            f"{args.subject}: answers degraded to level {args.level} ({name}) until {when(until)}"
         )
     return 0
 
@@ -135,6 +166,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     throttle.add_parser("show", help="the threat level and risk multipliers in force").set_defaults(
         func=cmd_throttle_show
     )
+    tdeg = throttle.add_parser(
+        "degrade",
+        help="--subject S --level N --ttl T: degrade S's answers (1 scores rounded to 2 "
+        "decimals, 2 top-1 class, 3 labels only; 0 clears); the policy's plan still applies "
+        "and the stricter wins",
+    )
+    tdeg.add_argument("--subject", required=True)
+    tdeg.add_argument("--level", type=int, required=True, choices=(0, 1, 2, 3))
+    tdeg.add_argument("--ttl", type=parse_duration, default=3600, help="default 1h; it reverts")
+    tdeg.add_argument("--reason", default="", help="recorded with it")
+    tdeg.set_defaults(func=cmd_throttle_degrade)
     tclear = throttle.add_parser("clear", help="back to normal now (or a subject's multiplier)")
     tclear.add_argument("--subject")
     tclear.set_defaults(func=cmd_throttle_clear)

@@ -102,6 +102,7 @@ def run_demo(stack: Stack) -> int:
     digits, cancer = f"{base}/v2/models/digits/infer", f"{base}/v2/models/cancer/infer"
     diabetes = f"{base}/v2/models/diabetes/infer"
     zero, row, dia = infer_body(DIGIT_ZERO), infer_body(CANCER_ROW), infer_body(DIABETES_ROW)
+    scores = json.dumps({**json.loads(row), "outputs": [{"name": "predict_proba"}]}).encode()
 
     def a(name: str) -> dict[str, str]:
         return {"authorization": auth[name]}
@@ -123,6 +124,7 @@ def run_demo(stack: Stack) -> int:
         ),
         Case("alice JWT → digits", digits, zero, a("alice jwt")),
         Case("bob key (clinician) → cancer", cancer, row, a("bob key")),
+        Case("bob key → cancer scores (shaped: top-1, 2 dp)", cancer, scores, a("bob key")),
         Case("bob key → diabetes (restricted)", diabetes, dia, a("bob key")),
         Case("bob JWT, no device proof → diabetes", diabetes, dia, a("bob jwt")),
         Case("bob JWT + DPoP, managed device → diabetes", diabetes, dia, with_proof),
@@ -155,6 +157,8 @@ def _logged_reasons(path: Path) -> dict[str, str]:
     for line in path.read_text().splitlines():
         if line.startswith("{"):
             rec = json.loads(line)
+            if "event" in rec:  # e.g. a model-server error kept by the shaping processor
+                continue
             policy = rec.get("policy_reason")
             detail = f" ({policy})" if policy and policy != "ok" else ""
             reasons[rec["request_id"]] = f"{rec['reason']}{detail}"

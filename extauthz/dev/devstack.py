@@ -179,6 +179,8 @@ class Stack:
             tls_cert=self.dev_ca.server_cert,
             tls_key=self.dev_ca.server_key,
             client_ca=self.client_ca_file,
+            shape_port=s.shape_port or s.port,
+            shape_max_body_bytes=s.shape_max_body_bytes,
         )
         path = self.run_dir / "envoy.yaml"
         path.write_text(text)

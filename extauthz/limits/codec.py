@@ -98,6 +98,7 @@ class CheckReply:
     ms: int = 0  # FULL: retry after; BLOCKED: the quarantine's remaining ms
     quarantined: bool = False  # FULL: this deny quarantined the subject
     windows: list[WindowReply] = field(default_factory=list)
+    degrade: int = 0  # ADMITTED, FULL: the subject's degradation level (risk hash, 0 if none)
 
     @classmethod
     def decode(cls, raw: list[Any]) -> CheckReply:
@@ -105,9 +106,9 @@ class CheckReply:
         if verdict == FULL or verdict == ADMITTED:
             windows = [
                 WindowReply(int(raw[j]), int(raw[j + 1]), int(raw[j + 2]), int(raw[j + 3]) == 1)
-                for j in range(3, len(raw), 4)
+                for j in range(3, len(raw) - 1, 4)
             ]
-            return cls(verdict, 0, int(raw[1]), int(raw[2]) == 1, windows)
+            return cls(verdict, 0, int(raw[1]), int(raw[2]) == 1, windows, int(raw[-1]))
         return cls(verdict, int(raw[1]), int(raw[2]) if verdict == BLOCKED else 0)
 
 

@@ -60,7 +60,8 @@ class MemoryBackend:
             )
             for w, (limit, v) in zip(plan.windows, verdicts, strict=True)
         )
-        if admitted:
-            return LimitResult(True, Reason.OK, states, detail="fallback")
+        if admitted:  # a degraded subject stays degraded while Redis is down (as last seen)
+            degrade = known.degrade_of(plan.risk) if plan.risk else 0
+            return LimitResult(True, Reason.OK, states, detail="fallback", degrade=degrade)
         retry = ceil_s(max(v.wait_ms for _, v in verdicts))
         return LimitResult(False, Reason.RATE_LIMITED, states, retry, detail="fallback")

@@ -27,6 +27,9 @@ class KnownState:
         self.revoked = _Bounded(maxsize)  # state key -> when Redis said "not active"
         self.quarantined = _Bounded(maxsize)  # quarantine key -> until (epoch s)
         self.jtis = _Bounded(maxsize)  # replay key -> until (epoch s)
+        # risk key -> the subject's last degradation level (response shaping); a forgotten one
+        # is 0: the answer is shaped by the policy's plan alone
+        self.degraded = _Bounded(maxsize)
 
     def confirm(self, key: str, now: float) -> None:
         self.revoked.pop(key, None)
@@ -41,6 +44,15 @@ class KnownState:
 
     def spend(self, jti_key: str, until: float) -> None:
         self.jtis.put(jti_key, until)
+
+    def degrade(self, risk_key: str, level: int) -> None:
+        if level:
+            self.degraded.put(risk_key, level)
+        else:
+            self.degraded.pop(risk_key, None)
+
+    def degrade_of(self, risk_key: str) -> int:
+        return int(self.degraded.get(risk_key, 0))
 
     def quarantined_until(self, key: str, now: float) -> float | None:
         until = self.quarantined.get(key)

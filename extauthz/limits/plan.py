@@ -110,7 +110,7 @@ def build_plan(
         blocks=blocks,
         singles=[device.replay_key] if device.replay_key else [],
         single_ttl_ms=device.replay_ttl * 1000,
-        risk=risk_key(principal.subject) if own else "",
+        risk=risk_key(principal.subject),  # its multiplier (own windows) and degrade level
         strike=strike,
         windows=windows,
     )

@@ -97,7 +97,7 @@ class RedisBackend:
         longer active or a single-use value was seen before. Feeds the local cache."""
         states: dict[int, WindowState] = {}
         denied_by: list[tuple[int, str]] = []
-        verdict, retry_ms = 1, 0
+        verdict, retry_ms, degrade = 1, 0, 0
         # a slot that counted while another denied is refunded: report it as not counted
         refunded = any(r.verdict != ADMITTED for r in replies)
         state_denial: Denied | None = None
@@ -128,6 +128,7 @@ class RedisBackend:
                     QUARANTINES.labels("subject").inc()
                     self.local.put(plan.blocks[0][0], now + r.ms / 1000, now)
                     self.known.quarantine(plan.blocks[0][0], now + r.ms / 1000)
+            degrade = max(degrade, r.degrade)
             for i, wr in zip(call.windows, r.windows, strict=True):
                 remaining, reset, limit, denied = wr.remaining, wr.reset_ms, wr.limit, wr.denied
                 if refunded and v == ADMITTED:
@@ -145,7 +146,7 @@ class RedisBackend:
             ms, kind = block
             return quarantined(ms / 1000, kind, ordered).limits  # type: ignore[return-value]
         if verdict == 1:
-            return LimitResult(allowed=True, reason=Reason.OK, windows=ordered)
+            return LimitResult(allowed=True, reason=Reason.OK, windows=ordered, degrade=degrade)
         detail = "window " + max(denied_by)[1] if denied_by else "window"
         return LimitResult(
             allowed=False,
@@ -158,6 +159,8 @@ class RedisBackend:
     def _learn(self, plan: Plan, call: Call, r: CheckReply, now: float) -> None:
         """Remember what Redis said of states, quarantines and jtis, for the fallback."""
         known, v = self.known, r.verdict
+        if call.risk and v in (ADMITTED, FULL):
+            known.degrade(call.risk, r.degrade)
         checked = call.state if v != INACTIVE else call.state[: r.index - 1]
         for i in checked:
             known.confirm(plan.state[i][0], now)

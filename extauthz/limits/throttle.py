@@ -114,6 +114,31 @@ class ThrottleStore:
         await self._redis.expire(key, ttl)
         return until
 
+    async def set_degrade(self, subject: str, level: int, ttl: int, reason: str = "") -> int:
+        """The subject's response degradation level (RiskFields.DEGRADE, read by the decision's
+        Lua call): 1 scores rounded to 2 decimals, 2 top-1 class, 3 labels only;
+        0 clears it. The hash expires as a whole: the latest write's TTL holds for both fields."""
+        if level not in (0, 1, 2, 3):
+            raise ValueError("a degradation level is 0, 1, 2 or 3")
+        key = risk_key(subject)
+        if level == 0:
+            await self._redis.hdel(
+                key, RiskFields.DEGRADE, RiskFields.DEGRADE_REASON, RiskFields.DEGRADE_UNTIL
+            )
+            return 0
+        until = int(self._clock()) + ttl
+        await self._redis.hset(
+            key,
+            mapping={
+                RiskFields.DEGRADE: str(level),
+                RiskFields.SUBJECT: subject,
+                RiskFields.DEGRADE_REASON: reason,
+                RiskFields.DEGRADE_UNTIL: str(until),
+            },
+        )
+        await self._redis.expire(key, ttl)
+        return until
+
     async def clear_risk(self, subject: str) -> bool:
         return bool(await self._redis.delete(risk_key(subject)))
 

@@ -9,7 +9,8 @@ from typing import Any
 import aiohttp
 
 from extauthz.metrics import OPA_ERRORS, OPA_SECONDS
-from extauthz.types import DIMENSIONS, Denied, PolicyDecision, Reason, Status, Window
+from extauthz.shaping.plan import parse_hints
+from extauthz.types import DIMENSIONS, NO_PLAN, Denied, PolicyDecision, Reason, Status, Window
 
 
 def parse_window(w: dict[str, Any]) -> Window:
@@ -70,6 +71,7 @@ def parse_decision(body: dict[str, Any]) -> PolicyDecision:
             headers=headers,
             decision_id=str(body.get("decision_id") or ""),
             response=tuple(sorted(response.items())),
+            plan=parse_hints(response) if allow else NO_PLAN,
             **context,
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,8 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
 
 from extauthz.policy.input import build_input
 from extauthz.request import parse_check_request
-from extauthz.types import Principal
+from extauthz.shaping.plan import merge_degrade, parse_hints
+from extauthz.types import Principal, ResponsePlan
 
 # Files OPA must not load as policy or data when serving the pack.
 IGNORE = ("*_test.rego", "*.md", "*.schema.json")
@@ -46,7 +48,38 @@ def run_tests(opa: str, policy_dir: Path, min_coverage: float) -> tuple[bool, st
             lines.append(f"  coverage {f.get('coverage', 0):6.2f}%  {name}")
     total = float(report.get("coverage", 0.0))
     lines.append(f"rego coverage {total:.2f}% (minimum {min_coverage:.0f}%)")
-    return total >= min_coverage, "\n".join(lines)
+    problems = check_plans(opa, policy_dir)
+    lines.extend(f"response plan refused by the service: {p}" for p in problems)
+    if not problems:
+        lines.append("response plans: every catalog entry's hints parse as the service parses them")
+    return total >= min_coverage and not problems, "\n".join(lines)
+
+
+def check_plans(opa: str, policy_dir: Path) -> list[str]:
+    """Every catalog entry's `response` hints through the service's own parser (the service
+    answers 503 for a decision whose plan it cannot parse)."""
+    catalog = evaluate(opa, policy_dir, {}, "extauthz/catalog")
+    problems = []
+    for name, entry in sorted(catalog.items()):
+        hints = entry.get("response", {}) if isinstance(entry, dict) else None
+        try:
+            if not isinstance(hints, dict):
+                raise ValueError("response is not an object")
+            parse_hints(hints)
+        except ValueError as exc:
+            problems.append(f"{name}: {exc}")
+    return problems
+
+
+def plan_of(decision: dict[str, Any], degrade: int = 0, action: str = "infer") -> dict[str, Any]:
+    """The response plan the service derives from a decision (and a degradation level): what
+    `policy explain` shows."""
+    if not decision.get("allow"):
+        return {"shaped": False, "reason": "denied: no answer to shape"}
+    plan = merge_degrade(parse_hints(decision.get("response") or {}), degrade)
+    if action != "infer":
+        plan = ResponsePlan(cache=plan.cache)
+    return {"shaped": plan.shapes, **asdict(plan)}
 
 
 def evaluate(opa: str, policy_dir: Path, policy_input: Any, rule_path: str) -> dict[str, Any]:

@@ -254,7 +254,10 @@ class QuarantineFields:
 
 class RiskFields:
     """A subject's risk hash (`risk_key`): its own windows' limits are multiplied by
-    `multiplier` inside the decision's Lua call."""
+    `multiplier`, and its answers are degraded to level `degrade` (0-3: none, scores rounded,
+    top-1, labels only; shaping/plan.py), both read inside the decision's Lua call. The
+    analytics worker and `extauthz throttle degrade` write `degrade` (HSET + EXPIRE: the hash
+    expires as a whole, the latest write's TTL holds for both fields)."""
 
     MULTIPLIER = "multiplier"
     # output degradation written by the analytics worker: 0 none, 1 rounded scores, 2 top-1,
@@ -263,6 +266,9 @@ class RiskFields:
     SUBJECT = "subject"
     REASON = "reason"
     UNTIL = "until"
+    DEGRADE = "degrade"
+    DEGRADE_REASON = "degrade_reason"
+    DEGRADE_UNTIL = "degrade_until"
 
 
 class ThreatFields:

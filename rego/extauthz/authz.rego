@@ -77,6 +77,54 @@ redis_fail_mode := "open" if {
 	model.fail_mode == "open"
 } else := "closed"
 
+# --- response plan ------------------------------------------------------------
+
+# What the response path does to an allowed answer (rego/README.md, "Response plan"): the
+# catalog entry's shaping hints, and how caches may keep the answer. Only a public model's
+# answers may be cached, and then only by the caller's own cache ("tenant"); everything else
+# is "no-store". The service validates the vocabulary (shaping_hints) and fails closed on
+# anything else; it merges the subject's degradation level into the plan (the stricter wins).
+shaping_hints := {"round", "max_classes", "labels_only", "drop_outputs"}
+
+response_plan := object.union(object.get(model, "response", {}), {"cache": cache_mode})
+
+cache_mode := "tenant" if {
+	model.sensitivity == "public"
+} else := "no-store"
+
+# A catalog entry's hints are well formed: known names, and values of the right kind.
+hints_valid(hints) if {
+	is_object(hints)
+	every name, value in hints {
+		name in shaping_hints
+		hint_value_ok(name, value)
+	}
+}
+
+hint_value_ok("round", n) if {
+	is_number(n)
+	n == round(n)
+	n >= 0
+	n <= 6
+}
+
+hint_value_ok("max_classes", n) if {
+	is_number(n)
+	n == round(n)
+	n >= 1
+	n <= 1000
+}
+
+hint_value_ok("labels_only", b) if is_boolean(b)
+
+hint_value_ok("drop_outputs", names) if {
+	is_array(names)
+	count(names) <= 8
+	every name in names {
+		regex.match(`^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}$`, name)
+	}
+}
+
 # --- outcome ------------------------------------------------------------------
 
 # Exactly one reason for every input: the first failing check wins.
@@ -113,7 +161,7 @@ decision := {
 	"quota": quota,
 	"quota_context": quota_context,
 	"headers": {"x-extauthz-tier": input.principal.tier},
-	"response": object.get(model, "response", {}),
+	"response": response_plan,
 } if {
 	allow
 }

@@ -73,8 +73,8 @@ who_may_do_what := {
 	"victor infers cancer": [victor, infer("cancer"), denied("project_mismatch")],
 	"mallory reads cancer metadata": [mallory_clinical, metadata("cancer"), denied("role_not_permitted")],
 	# public models: any authenticated caller whose role permits the action, any project
-	"alice infers iris (public, project demo)": [alice, infer("iris"), allowed("standard")],
-	"bob infers iris": [bob, infer("iris"), allowed("standard")],
+	"alice infers iris (public, project demo)": [alice, infer("iris"), allowed_shaped("standard", {"cache": "tenant"})],
+	"bob infers iris": [bob, infer("iris"), allowed_shaped("standard", {"cache": "tenant"})],
 	"victor infers iris": [victor, infer("iris"), denied("role_not_permitted")],
 	# risky requests, read from the parsed V2 body
 	"alice infers digits with a malformed body": [alice, infer_with("digits", {"valid": false}), denied("malformed_body")],
@@ -264,7 +264,7 @@ allowed_shaped(tier, response) := {
 	"reason": "ok",
 	"quota": quota_of[tier],
 	"headers": {"x-extauthz-tier": tier},
-	"response": response,
+	"response": object.union({"cache": "no-store"}, response),
 }
 
 denied(reason) := {
@@ -378,7 +378,7 @@ test_public_model_open_to_viewer_metadata if {
 	catalog := {"open": {"project": "vision", "sensitivity": "public", "owner": "t", "actions": ["metadata"]}}
 	got := authz.decision with input as {"request": metadata("open"), "principal": victor}
 		with data.extauthz.catalog as catalog
-	same(got, allowed("standard"))
+	same(got, allowed_shaped("standard", {"cache": "tenant"}))
 }
 
 test_unknown_sensitivity_label_fails_closed if {
@@ -551,8 +551,51 @@ test_catalog_risk_fields_are_well_formed if {
 		is_array(m.score_outputs)
 		is_array(m.parameters)
 		m.fail_mode in {"open", "closed"}
-		is_object(m.response)
+		authz.hints_valid(m.response)
 	}
+}
+
+# --- the response plan's vocabulary (rego/README.md, "Response plan")
+
+test_every_catalog_entry_uses_only_the_shaping_vocabulary if {
+	every _, m in data.extauthz.catalog {
+		authz.hints_valid(m.response)
+	}
+}
+
+test_cancer_is_rounded_and_top_1_and_never_cached if {
+	d := authz.decision with input as {"request": infer("cancer"), "principal": bob}
+	d.response == {"round": 2, "max_classes": 1, "cache": "no-store"}
+}
+
+test_public_answers_are_cached_per_caller_only if {
+	d := authz.decision with input as {"request": infer("iris"), "principal": alice}
+	d.response == {"cache": "tenant"}
+}
+
+test_a_catalog_cannot_make_a_confidential_answer_cacheable if {
+	catalog := {"m": object.union(data.extauthz.catalog.digits, {"response": {"cache": "tenant"}})}
+	d := authz.decision with input as {"request": infer("m"), "principal": alice}
+		with data.extauthz.catalog as catalog
+	d.response.cache == "no-store"
+}
+
+test_shaping_hints_accept_the_vocabulary if {
+	authz.hints_valid({"round": 0, "max_classes": 3, "labels_only": true, "drop_outputs": ["predict_proba"]})
+	authz.hints_valid({})
+}
+
+test_shaping_hints_refuse_anything_else if {
+	not authz.hints_valid({"top_k": 1})
+	not authz.hints_valid({"round": 7})
+	not authz.hints_valid({"round": 1.5})
+	not authz.hints_valid({"round": "2"})
+	not authz.hints_valid({"max_classes": 0})
+	not authz.hints_valid({"labels_only": "yes"})
+	not authz.hints_valid({"drop_outputs": "predict"})
+	not authz.hints_valid({"drop_outputs": ["_private"]})
+	not authz.hints_valid({"drop_outputs": ["a", "b", "c", "d", "e", "f", "g", "h", "i"]})
+	not authz.hints_valid([])
 }
 
 test_network_ranges_are_valid_cidrs if {

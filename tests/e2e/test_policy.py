@@ -88,14 +88,15 @@ def test_risky_requests_are_refused_before_the_model(gateway: httpx.Client, make
         url, content=b'{"inputs": "nope"}', headers={**alice, "content-type": "application/json"}
     )
     assert bad.status_code == 403 and bad.content == BODIES[Status.FORBIDDEN]
-    # bob (clinician) may see cancer's scores; cancer's batch cap is 16
+    # bob (clinician) may see cancer's scores — its top one, rounded (the catalog's response
+    # plan, tests/e2e/test_shaping.py); cancer's batch cap is 16
     cancer = BY_MODEL["cancer"]
     scores = gateway.post(
         "/v2/models/cancer/infer",
         json=cancer | {"outputs": [{"name": "predict_proba"}]},
         headers=bob,
     )
-    assert scores.status_code == 200 and scores.json()["outputs"][0]["shape"] == [1, 2]
+    assert scores.status_code == 200 and scores.json()["outputs"][0]["shape"] == [1, 1]
 
 
 def wait_for_status(gateway: httpx.Client, headers: dict, want: int, limit: float) -> float:

@@ -187,6 +187,6 @@ async def test_one_redis_call_per_dpop_decision(redis: aioredis.Redis, clock: Cl
     after = await redis.info("commandstats")
     calls = {k: after[k]["calls"] - before.get(k, {"calls": 0})["calls"] for k in after}
     assert calls.get("cmdstat_evalsha") == 3
-    inside = {"cmdstat_hget", "cmdstat_pttl", "cmdstat_set", "cmdstat_hgetall"}
+    inside = {"cmdstat_hget", "cmdstat_hmget", "cmdstat_pttl", "cmdstat_set", "cmdstat_hgetall"}
     inside |= {"cmdstat_hincrby", "cmdstat_hdel", "cmdstat_pexpire"}
     assert {k for k, v in calls.items() if v} - inside - {"cmdstat_info"} == {"cmdstat_evalsha"}

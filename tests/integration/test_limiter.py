@@ -20,7 +20,7 @@ from extauthz.dev.devstack import Stack
 from extauthz.limits.limiter import Limiter, LimiterConfig
 from extauthz.limits.throttle import ThrottleStore
 from extauthz.settings import Settings
-from extauthz.store.schema import device_tag, prefix_tag, source_prefix, subject_tag
+from extauthz.store.schema import device_tag, prefix_tag, risk_key, source_prefix, subject_tag
 from extauthz.threat import ThreatWatcher
 from extauthz.types import (
     Denied,
@@ -398,6 +398,32 @@ async def test_risk_multiplier_scales_the_subjects_own_windows_only(
     assert [s.remaining for s in result.windows] == [4, 9]
 
 
+async def test_the_subjects_degrade_level_comes_back_from_the_same_call(
+    redis: Any, clock: Clock
+) -> None:
+    """The analytics worker (HSET + EXPIRE) or `throttle degrade` writes the risk hash's
+    `degrade` field; the decision's one Lua call reads it beside the multiplier, also for a
+    quota without windows of the subject's own (the key is always in the call)."""
+    lim = limiter(redis, clock, local_cache_size=0)
+    p = await principal(redis)
+    own = (Window("minute", 10, 60),)
+    network_only = (Window("net", 10, 60, ("source_prefix",)),)
+    assert (await check(lim, p, own)).degrade == 0
+    await redis.hset(risk_key(p.subject), mapping={"degrade": "2"})  # as analytics writes it
+    await redis.expire(risk_key(p.subject), 600)
+    assert (await check(lim, p, own)).degrade == 2
+    assert (await check(lim, p, network_only)).degrade == 2
+    store = ThrottleStore(redis)
+    await store.set_risk(p.subject, 0.5, 600)  # the multiplier beside it still scales
+    result = await check(lim, p, own)
+    assert (result.degrade, result.windows[0].window.limit) == (2, 5)
+    await store.set_degrade(p.subject, 3, 600, "extraction suspected")
+    assert (await check(lim, p, own)).degrade == 3
+    await store.set_degrade(p.subject, 0, 0)
+    result = await check(lim, p, own)
+    assert (result.degrade, result.windows[0].window.limit) == (0, 5)
+
+
 async def test_threat_level_halves_the_limit_and_reverts_after_its_ttl(
     redis: Any, clock: Clock
 ) -> None:
@@ -425,7 +451,7 @@ async def test_threat_level_halves_the_limit_and_reverts_after_its_ttl(
 
 async def test_one_round_trip_per_decision(redis: Any, clock: Clock) -> None:
     """1,000 decisions with every check there is: the key record, the device record, a DPoP
-    jti, three quarantine flags, the risk multiplier, the strike counter, four windows of three
+    jti, three quarantine flags, the risk hash, the strike counter, four windows of three
     tags. Single Redis: exactly one EVALSHA per decision and no other command from the client.
     Cluster: one EVALSHA per slot the decision touches, sent together."""
     lim = limiter(redis, clock, local_cache_size=0)
@@ -453,6 +479,7 @@ async def test_one_round_trip_per_decision(redis: Any, clock: Clock) -> None:
     # commandstats also counts what the script runs inside Redis; nothing else ran
     inside = {
         "cmdstat_hget",
+        "cmdstat_hmget",  # the risk hash: multiplier and degrade
         "cmdstat_pttl",
         "cmdstat_set",
         "cmdstat_hgetall",

@@ -153,6 +153,24 @@ async def test_known_quarantines_hold_in_fallback(
     await ThrottleStore(real).release("subject", p.subject)
 
 
+async def test_a_degraded_subject_stays_degraded_in_fallback(
+    outage: tuple[Proxy, aioredis.Redis], real: aioredis.Redis
+) -> None:
+    """Response shaping's level, as last read from Redis, holds while Redis is down: the
+    outage does not hand a degraded subject full-precision answers."""
+    proxy, client = outage
+    clock = Clock(time.time())
+    lim = limiter(client, clock)
+    degraded, plain = await principal(real), await principal(real)
+    await ThrottleStore(real).set_degrade(degraded.subject, 3, 600, "extraction suspected")
+    assert (await lim.check(degraded, MINUTE5, view(), OPEN)).degrade == 3
+    assert (await lim.check(plain, MINUTE5, view(), OPEN)).degrade == 0
+    await proxy.stop()
+    served = await lim.check(degraded, MINUTE5, view(), OPEN)
+    assert (served.allowed, served.detail, served.degrade) == (True, "fallback", 3)
+    assert (await lim.check(plain, MINUTE5, view(), OPEN)).degrade == 0
+
+
 async def test_dpop_proofs_are_single_use_in_fallback(
     outage: tuple[Proxy, aioredis.Redis], real: aioredis.Redis
 ) -> None:

@@ -84,10 +84,12 @@ def test_plan_with_a_device_checks_its_record_flag_and_proof() -> None:
     assert [w.window.name for w in plan.windows] == ["minute", "net", "dev"]
 
 
-def test_plan_without_own_windows_reads_no_risk_and_counts_no_strikes() -> None:
+def test_plan_without_own_windows_still_reads_the_risk_hash_but_counts_no_strikes() -> None:
+    """The risk hash carries the subject's degradation level too (response shaping), so it is
+    read whatever the windows; its multiplier still scales own windows only (in the script)."""
     quota = (Window("net", 100, 60, ("source_prefix",)),)
     plan = build_plan(LimiterConfig(), "normal", ALICE, quota, NET, "digits", decision())
-    assert plan.risk == "" and plan.strike is None
+    assert plan.risk == risk_key(ALICE.subject) and plan.strike is None
     no_strikes = LimiterConfig(strikes=0)
     assert build_plan(no_strikes, "normal", ALICE, QUOTA, NET, "d", decision()).strike is None
 
@@ -163,25 +165,27 @@ def test_check_args_flag_absent_risk_and_strike() -> None:
     quota = (Window("net", 100, 60, ("source_prefix",)),)
     plan = build_plan(LimiterConfig(), "normal", ALICE, quota, NET, "digits", decision())
     keys, args = check_args(LimiterConfig(), plan, whole(plan), 5).encode()
-    assert args[5:7] == [0, 0]
-    assert len(keys) == 1 + 2 + 1  # state, two flags, one window
+    assert args[5:7] == [1, 0]  # the risk hash (degrade), no strike keys
+    assert len(keys) == 1 + 2 + 1 + 1  # state, two flags, the risk hash, one window
 
 
 def test_check_reply_decodes_every_verdict() -> None:
-    admitted = CheckReply.decode([1, 0, 0, 9, 6000, 10, 0, 99, 6000, 100, 0])
+    admitted = CheckReply.decode([1, 0, 0, 9, 6000, 10, 0, 99, 6000, 100, 0, 2])
     assert admitted.verdict == ADMITTED and not admitted.quarantined
+    assert admitted.degrade == 2  # the risk hash's degrade field, last
     assert admitted.windows == [
         WindowReply(9, 6000, 10, False),
         WindowReply(99, 6000, 100, False),
     ]
-    full = CheckReply.decode([0, 4200, 1, 0, 4200, 10, 1])
-    assert (full.verdict, full.ms, full.quarantined) == (FULL, 4200, True)
+    full = CheckReply.decode([0, 4200, 1, 0, 4200, 10, 1, 0])
+    assert (full.verdict, full.ms, full.quarantined, full.degrade) == (FULL, 4200, True, 0)
     assert full.windows == [WindowReply(0, 4200, 10, True)]
     assert CheckReply.decode([-1, 2, 0]) == CheckReply(INACTIVE, 2)
     assert CheckReply.decode([-2, 1, 0]) == CheckReply(REPLAYED, 1)
     assert CheckReply.decode([-3, 3, 59_000]) == CheckReply(BLOCKED, 3, 59_000)
     # replies come back as ints or bytes depending on the client
-    assert CheckReply.decode([b"1", b"0", b"0", b"4", b"10", b"5", b"0"]).windows[0].limit == 5
+    raw = [b"1", b"0", b"0", b"4", b"10", b"5", b"0", b"3"]
+    assert (CheckReply.decode(raw).windows[0].limit, CheckReply.decode(raw).degrade) == (5, 3)
 
 
 # ---- the source guard's scripts, and refunds

@@ -1,7 +1,7 @@
 import pytest
 
 from extauthz.policy.opa import parse_decision
-from extauthz.types import Denied, Reason, Status, Window
+from extauthz.types import Denied, Reason, ResponsePlan, Status, Window
 
 
 def test_allow_with_quota_and_headers() -> None:
@@ -37,6 +37,10 @@ def test_deny_keeps_reason_and_status() -> None:
         {"result": {"allow": True, "quota": [{"name": "m", "limit": 5}]}},
         {"result": {"allow": True, "quota": [{"name": "m", "limit": 5, "window": 0}]}},
         {"result": {"allow": True, "quota": [{"name": "m", "limit": "x", "window": 1}]}},
+        # a response plan outside the vocabulary: fail closed, never an unshaped answer
+        {"result": {"allow": True, "response": {"top_k": 1}}},
+        {"result": {"allow": True, "response": {"round": "2"}}},
+        {"result": {"allow": True, "response": {"cache": "public"}}},
     ],
 )
 def test_malformed_decisions_fail_closed(body: dict) -> None:
@@ -95,3 +99,13 @@ def test_a_malformed_quota_fails_closed(extra: dict) -> None:
     with pytest.raises(Denied) as info:
         parse_decision({"result": {"allow": True, **extra}})
     assert info.value.status is Status.UNAVAILABLE
+
+
+def test_the_response_plan_is_parsed_once_with_the_decision() -> None:
+    d = parse_decision(
+        {"result": {"allow": True, "response": {"round": 2, "max_classes": 1, "cache": "no-store"}}}
+    )
+    assert d.plan == ResponsePlan(round=2, max_classes=1)
+    assert d.response == (("cache", "no-store"), ("max_classes", 1), ("round", 2))
+    public = parse_decision({"result": {"allow": True, "response": {"cache": "tenant"}}})
+    assert not public.plan.shapes and public.plan.cache == "tenant"

@@ -1,7 +1,17 @@
 import json
+from dataclasses import replace
 
 from extauthz.response import BODIES, build_response, ratelimit_headers
-from extauthz.types import Decision, LimitResult, Reason, Status, Window, WindowState
+from extauthz.shaping.plan import from_metadata
+from extauthz.types import (
+    Decision,
+    LimitResult,
+    Reason,
+    ResponsePlan,
+    Status,
+    Window,
+    WindowState,
+)
 
 
 def headers_of(options) -> dict[str, str]:  # type: ignore[no-untyped-def]
@@ -32,9 +42,23 @@ def test_ok_sets_identity_and_removes_credentials_and_spoofed_headers() -> None:
     assert all(o.append_action == o.OVERWRITE_IF_EXISTS_OR_ADD for o in ok.headers)
     assert set(ok.headers_to_remove) == {"authorization", "x-api-key", "x-extauthz-roles"}
     assert headers_of(ok.response_headers_to_add) == {
+        "cache-control": "no-store",  # no plan from the policy: the strict default
+        "vary": "authorization, x-api-key, dpop",
         "ratelimit-policy": '"minute";q=5;w=60',
         "ratelimit": '"minute";r=4;t=42',
     }
+    assert not resp.HasField("dynamic_metadata")  # nothing to shape: Envoy skips ext_proc
+
+
+def test_a_shaping_plan_goes_to_dynamic_metadata_and_public_models_are_cached_per_caller() -> None:
+    plan = ResponsePlan(round=2, max_classes=1, cache="tenant")
+    decision = Decision(Status.OK, Reason.OK, "d1", plan=plan)
+    resp = build_response(decision, {"x-request-id": "r-1", "x-api-key": "eak_y"})
+    shape = resp.dynamic_metadata["shape"]
+    assert (shape["round"], shape["max_classes"], shape["labels_only"]) == (2, 1, False)
+    assert (shape["request_id"], shape["decision_id"]) == ("r-1", "d1")
+    assert from_metadata(dict(shape.items()))[0] == replace(plan, cache="no-store")
+    assert headers_of(resp.ok_response.response_headers_to_add)["cache-control"] == "private"
 
 
 def test_every_spelling_of_our_headers_and_of_credentials_is_removed() -> None:

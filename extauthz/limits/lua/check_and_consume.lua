@@ -8,7 +8,7 @@
 --   S state hashes (records) whose status field must say active
 --   B quarantine flags that must not exist
 --   R single-use keys: set if absent with a TTL; present = replay
---   [1 risk hash of the subject: its multiplier field]           if ARGV[6] == "1"
+--   [1 risk hash of the subject: its multiplier and degrade fields]  if ARGV[6] == "1"
 --   [strike counter, strike guard, quarantine flag of the subject]   if ARGV[7] == "1"
 --   W window counters: hashes of sub-bucket index -> count
 -- ARGV:
@@ -28,7 +28,8 @@
 -- of length L ever holds more than `limit` admitted requests (never over-admits); the price is
 -- up to one sub-bucket of under-admission. Admitted when used + 1 <= limit.
 --
--- Returns {verdict, a, b, then per window: remaining, reset_ms, limit, denied}
+-- Returns {verdict, a, b, then per window: remaining, reset_ms, limit, denied, then the
+-- subject's degradation level (risk field "degrade", 0 when absent or no risk hash was read)}
 --   verdict 1 admitted (a = 0, b = 0)
 --           0 a window is full (a = retry after, ms; b = 1 if this deny quarantined the subject)
 --          -1 a state hash is not active (a = its 1-based index)
@@ -70,11 +71,13 @@ for j = 1, nsingle do
 end
 i = i + nsingle
 
-local risk = 1
+local risk, degrade = 1, 0
 if ARGV[6] == '1' then
   i = i + 1
-  local r = tonumber(redis.call('HGET', KEYS[i], '${risk_multiplier}') or '1')
-  if r and r > 0 then risk = r end
+  local r = redis.call('HMGET', KEYS[i], '${risk_multiplier}', '${risk_degrade}')
+  local m = tonumber(r[1] or '1')
+  if m and m > 0 then risk = m end
+  degrade = math.floor(tonumber(r[2] or '0') or 0)
 end
 local strike_key, guard_key, quarantine_key
 if ARGV[7] == '1' then
@@ -188,4 +191,5 @@ for w = 1, nwin do
   out[#out + 1] = s[3]
   out[#out + 1] = (s[9] > 0) and 1 or 0
 end
+out[#out + 1] = degrade
 return out
