@@ -47,7 +47,7 @@ bench-shaping: bootstrap  ## what response shaping costs (shaped / unshaped, wit
 soak: bootstrap  ## 10 minutes of mixed traffic through Envoy: RSS, fds, Redis memory, p99 drift (not in CI)
 	@$(PY) -m bench.soak
 
-redteam: bootstrap  ## IBM ART attacks through Envoy, defense off and on (~10 min) -> bench/results/<date>/redteam.md
+redteam: bootstrap  ## IBM ART attacks through Envoy, defense off and on (~6 min) -> bench/results/<date>/redteam.md
 	@bash scripts/redteam_venv.sh
 	@$(PY) -m bench.redteam.run
 
