@@ -14,6 +14,10 @@ from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from extauthz.audit.chain import load_signing_key
+from extauthz.audit.sink import RedisStreamSink
+from extauthz.audit.spool import Spool
+from extauthz.audit.writer import AuditWriter
 from extauthz.authn.apikeys import ApiKeyAuthenticator, KeyStore
 from extauthz.authn.authenticator import Authenticator, TokenAuthenticator
 from extauthz.authn.devices import DeviceRegistry, DeviceStore
@@ -120,6 +124,58 @@ def mtls_authenticator(settings: Settings) -> MtlsAuthenticator:
     )
 
 
+def audit_dir(settings: Settings) -> Path:
+    if settings.audit_spool_dir:
+        return Path(settings.audit_spool_dir)
+    return settings.run_dir / "audit"
+
+
+def audit_key_file(settings: Settings) -> Path:
+    if settings.audit_signing_key_file:
+        return Path(settings.audit_signing_key_file)
+    return settings.run_dir / "audit-signing-key"
+
+
+def audit_signing_key(settings: Settings, create: bool = True):  # type: ignore[no-untyped-def]
+    return load_signing_key(
+        settings.audit_signing_key.get_secret_value(), audit_key_file(settings), create
+    )
+
+
+def sync_redis_client(settings: Settings, timeout: float):  # type: ignore[no-untyped-def]
+    """A blocking client, for threads off the event loop (the audit shipper) and the CLI."""
+    import redis as syncredis
+    from redis.cluster import RedisCluster as SyncCluster
+
+    if settings.redis_cluster:
+        return SyncCluster.from_url(
+            settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    return syncredis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )
+
+
+def audit_writer(settings: Settings, worker_index: int = 0) -> AuditWriter:
+    """Worker `worker_index`'s chain: spool <audit_dir>/w<index>, shipped to the sink."""
+    node = settings.audit_node or os.uname().nodename
+    spool = Spool(
+        audit_dir(settings) / f"w{worker_index}",
+        f"{node}-w{worker_index}",
+        settings.audit_segment_bytes,
+    )
+    sink = None
+    if settings.audit_sink == "redis":
+        sink = lambda: RedisStreamSink(sync_redis_client(settings, settings.audit_sink_timeout))  # noqa: E731
+    return AuditWriter(
+        spool,
+        audit_signing_key(settings),
+        sink,
+        checkpoint_interval=settings.audit_checkpoint_interval,
+        drain_timeout=settings.audit_drain_timeout,
+    )
+
+
 @dataclass
 class Service:
     handler: CheckHandler
@@ -160,7 +216,7 @@ def auto_threat(settings: Settings, redis: aioredis.Redis) -> AutoThreat | None:
     )
 
 
-def build_service(settings: Settings) -> Service:
+def build_service(settings: Settings, worker_index: int = 0) -> Service:
     redis = redis_client(settings)
     pepper = key_pepper(settings)
     api_keys = ApiKeyAuthenticator(
@@ -184,7 +240,14 @@ def build_service(settings: Settings) -> Service:
         )
     cache = DecisionCache(settings.decision_cache_size, "enforced", settings.decision_cache_bytes)
     policy = PolicyEngine(opa, watcher, cache, shadow)
-    decision_log = DecisionLog(settings.decision_log)
+    if settings.audit_enabled:
+        decision_log = DecisionLog(
+            settings.decision_log,
+            settings.audit_flush_interval,
+            audit_writer(settings, worker_index),
+        )
+    else:
+        decision_log = DecisionLog(settings.decision_log)
     limiter = Limiter(
         redis,
         settings.redis_timeout,

@@ -1,11 +1,12 @@
-"""extauthz command line: serve, keys, devices, policy, throttle, quarantine, envoy, dev."""
+"""extauthz command line: serve, keys, devices, policy, throttle, quarantine, audit, envoy,
+dev."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from extauthz.cli import dev, devices, keys, policy, serve, throttle
+from extauthz.cli import audit, dev, devices, keys, policy, serve, throttle
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -21,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         devices.register,
         throttle.register,
         throttle.register_quarantine,
+        audit.register,
     ):
         register(sub)
     return parser
