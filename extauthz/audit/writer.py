@@ -31,7 +31,7 @@ from extauthz.metrics import AUDIT_RECORDS, AUDIT_SINK_ERRORS, AUDIT_SPOOL_BEHIN
 log = logging.getLogger(__name__)
 
 _RETRY = 0.5  # seconds between attempts while the sink is down
-_BATCH_BYTES = 1 << 20  # most bytes one shipment carries
+_BATCH_BYTES = 256 * 1024  # most bytes one shipment carries (one Lua call)
 
 
 class AuditWriter:
@@ -111,7 +111,7 @@ class AuditWriter:
             self._stopping.set()
             self._shipper.join()
             self._shipper = None
-        if self.shipped_seq < self._chain.seq:
+        if self._sink_factory is not None and self.shipped_seq < self._chain.seq:
             log.warning(
                 "audit: %d records stay in the spool %s for the next start",
                 self._chain.seq - self.shipped_seq,

@@ -1,0 +1,184 @@
+"""What the audit trail costs: the decision path with it on and off, and `audit verify`'s speed.
+
+    .venv/bin/python -m bench.audit_cost [--rounds 30] [--batch 300] [--records 200000]
+
+1. Decision path: two services built by `wiring.build_service` against one real Redis and OPA
+   (started for the run), identical but for EXTAUTHZ_AUDIT_ENABLED; rounds of `batch`
+   sequential `CheckHandler.check` calls alternate between them (A B B A ...) so the machine's
+   drift hits both alike. The audit's work runs on its writer and shipper threads, so what the
+   request path pays is GIL and CPU contention, which these timings include (a round is long
+   against the 50 ms flush interval). Reported: median of the per-round mean per decision.
+2. The writer thread's own CPU per record (chain, spool write, fsync per batch), thread time.
+3. `verify`: a chain of realistic decision records (checkpoint every 1,000), verified in memory
+   (the same code `extauthz audit verify --file` runs), records per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+
+from bench.procs import bench_settings
+from extauthz.audit.chain import Chain, key_id, load_signing_key
+from extauthz.audit.spool import Spool
+from extauthz.audit.verify import verify_lines
+from extauthz.audit.writer import AuditWriter
+from extauthz.dev.devstack import ROOT, Stack
+from extauthz.settings import Settings
+from extauthz.wiring import build_service
+from tests.e2e.payloads import DIGITS
+from tests.unit.checkrequests import check_request
+
+RECORD = {
+    "ts": 1764571234.123456,
+    "decision_id": "8f14e45fceea167a5a36dedd4bea2543",
+    "request_id": "3f1c8a52-6a0e-4d7e-9a44-2f1b9f0f6b2e",
+    "status": 200,
+    "reason": "ok",
+    "policy_reason": "allowed",
+    "opa_decision_id": "0f3c1d2e-5b6a-4c7d-8e9f-a0b1c2d3e4f5",
+    "policy_source": "cache",
+    "policy_revision": "9c1185a5c5e9fc54612808977ee8f548b2258d31",
+    "subject": "bench",
+    "credential": "api_key",
+    "credential_id": "eak_f62be1ef9d39",
+    "device_trust": None,
+    "device": None,
+    "method": "POST",
+    "path": "/v2/models/digits/infer",
+    "model": "digits",
+    "action": "infer",
+    "source_ip": "127.0.0.1",
+    "retry_after": None,
+    "detail": None,
+    "duration_us": 912,
+    "worker": 12345,
+}
+
+
+def _key(stack: Stack) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "extauthz", "keys", "create", "--subject", "bench",
+         "--roles", "analyst", "--projects", "vision", "--tier", "bench", "--json"],
+        env={**os.environ, **stack.service_env()}, cwd=ROOT, capture_output=True, text=True,
+        check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout)["key"]
+
+
+def _request(key: str):  # type: ignore[no-untyped-def]
+    return check_request(
+        headers={
+            "authorization": f"Bearer {key}",
+            "content-type": "application/json",
+            "x-request-id": str(uuid.uuid4()),
+        },
+        body=json.dumps(DIGITS).encode(),
+    )
+
+
+def decision_path(run_dir: Path, rounds: int, batch: int, sink: str) -> dict[str, float]:
+    base = bench_settings(run_dir, decision_log=os.devnull, audit_sink=sink)
+    stack = Stack(base, redis_aof=False)
+    stack.up(["redis", "opa"])
+    loop = asyncio.new_event_loop()
+    try:
+        key = _key(stack)
+        services = {
+            flag: build_service(Settings(**{**base.model_dump(), "audit_enabled": flag}))
+            for flag in (False, True)
+        }
+        for service in services.values():
+            loop.run_until_complete(service.start())
+        request = _request(key)
+
+        async def run(handler) -> float:  # type: ignore[no-untyped-def]
+            started = time.perf_counter()
+            for _ in range(batch):
+                await handler.check(request)
+            return (time.perf_counter() - started) / batch
+
+        for service in services.values():  # warm: key and decision caches
+            loop.run_until_complete(run(service.handler))
+        per_round: dict[bool, list[float]] = {False: [], True: []}
+        for i in range(rounds):
+            order = (False, True) if i % 2 == 0 else (True, False)
+            for flag in order:
+                per_round[flag].append(loop.run_until_complete(run(services[flag].handler)))
+                time.sleep(0.06)  # the writer's last batch of this round lands before the next
+        for service in services.values():
+            loop.run_until_complete(service.close())
+    finally:
+        loop.close()
+        stack.down()
+    off, on = (statistics.median(per_round[f]) for f in (False, True))
+    return {"off_us": off * 1e6, "on_us": on * 1e6, "added_pct": (on / off - 1) * 100}
+
+
+def writer_cpu(run_dir: Path, records: int) -> float:
+    """µs of the writer thread's CPU per record (batches of 50, as ~1,000 decisions/s give)."""
+    key = load_signing_key("", run_dir / "bench-audit-key")
+    writer = AuditWriter(Spool(run_dir / "bench-spool", "bench-w0", 16 << 20), key, None)
+    writer.open()
+    line = orjson.dumps(RECORD) + b"\n"
+    started = time.thread_time()
+    for _ in range(records // 50):
+        writer.write([line] * 50)
+    spent = time.thread_time() - started
+    writer.close()
+    return spent / records * 1e6
+
+
+def verify_rate(records: int) -> tuple[float, int]:
+    key = load_signing_key(os.urandom(32).hex(), Path("/nonexistent"))
+    kid = key_id(key.public_key())
+    chain = Chain("bench-w0-00000000")
+    body = orjson.dumps(RECORD)
+    lines = []
+    for i in range(records):
+        lines.append(chain.link(body))
+        if i % 1000 == 999:
+            lines.append(chain.checkpoint(key, kid))
+    lines.append(chain.checkpoint(key, kid))
+    started = time.perf_counter()
+    report = verify_lines(lines, {kid: key.public_key()})
+    seconds = time.perf_counter() - started
+    assert report.ok, report.problem
+    return report.records / seconds, len(lines[0])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=300)
+    parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--sink", default="redis", help="EXTAUTHZ_AUDIT_SINK of the run")
+    parser.add_argument("--skip-path", action="store_true", help="only the offline parts")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="audit-bench-") as tmp:
+        run_dir = Path(tmp)
+        rate, size = verify_rate(args.records)
+        print(f"verify: {rate:,.0f} records/s ({args.records:,} records of {size} bytes)")
+        print(f"writer thread: {writer_cpu(run_dir, 50_000):.1f} µs CPU per record")
+        if not args.skip_path:
+            path = decision_path(run_dir, args.rounds, args.batch, args.sink)
+            print(
+                f"decision path (median of {args.rounds} rounds x {args.batch}): audit off "
+                f"{path['off_us']:.0f} µs, on {path['on_us']:.0f} µs, "
+                f"{path['added_pct']:+.1f} %"
+            )
+
+
+if __name__ == "__main__":
+    main()
