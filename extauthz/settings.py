@@ -51,8 +51,8 @@ class Settings(BaseSettings):
     )
     audit_public_key_file: str = Field(
         "",
-        description="Public key(s) `audit verify` trusts (hex or PEM, one per line or file "
-        "list, comma-separated). Empty: the .pub file beside the signing key.",
+        description="Public key file(s) `audit verify` trusts (hex or PEM; several: "
+        "comma-separated). Empty: the .pub file beside the signing key.",
     )
     audit_flush_interval: float = Field(
         0.05,
