@@ -26,6 +26,7 @@ from extauthz.types import Decision, RequestView
 log = logging.getLogger(__name__)
 
 _STOP = b""  # the writer's sentinel: a record is never empty
+_NOTE = b'{"kind":'  # audit-only records begin so; decision records never do
 _BATCH = 4096  # most lines one write carries
 # The writer sleeps this long between writes, so it wakes ~20 times a second rather than once
 # per decision (a thread wake-up and the GIL hand-off per decision cost the event loop).
@@ -83,6 +84,11 @@ class DecisionLog:
             orjson.dumps(decision_record(view, decision, duration_ns, self._pid)) + b"\n"
         )
 
+    def note(self, doc: dict[str, Any]) -> None:
+        """A record for the audit trail only (e.g. a policy revision), not for the log file."""
+        if self._audit is not None:
+            self._queue.put(orjson.dumps(doc) + b"\n")
+
     def _write_forever(self) -> None:
         out: IO[bytes] = (
             sys.stderr.buffer if self._target == "-" else open(self._target, "ab")  # noqa: SIM115
@@ -109,8 +115,9 @@ class DecisionLog:
                             break
                         if line:
                             batch.append(line)
-                if batch:
-                    out.write(b"".join(batch))
+                plain = [line for line in batch if not line.startswith(_NOTE)]
+                if plain:
+                    out.write(b"".join(plain))
                     out.flush()
                 if self._audit is not None:
                     try:

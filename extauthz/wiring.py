@@ -248,6 +248,7 @@ def build_service(settings: Settings, worker_index: int = 0) -> Service:
         )
     else:
         decision_log = DecisionLog(settings.decision_log)
+    watcher.on_change = decision_log.note  # policy revisions go into the audit trail
     limiter = Limiter(
         redis,
         settings.redis_timeout,

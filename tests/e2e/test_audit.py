@@ -49,6 +49,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "audit_checkpoint_interval": 0.2,
             "audit_drain_timeout": 5.0,
             "auto_threat_ratio": 0.0,
+            "workers": 2,  # serve --workers 2: one chain per worker
         }
     )
     stack = Stack(settings, floor_port=free_ports(1)[0], redis_aof=True)
@@ -189,9 +190,19 @@ def test_sigterm_loses_nothing(stack: Stack, key: str, store) -> None:  # type: 
     assert verify(stack).returncode == 0
 
 
+def worker_pids(stack: Stack) -> list[int]:
+    supervisor = stack.pid("extauthz")
+    assert supervisor is not None
+    children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    return [int(c) for c in children]
+
+
 def test_sigkill_loses_at_most_one_flush_interval(stack: Stack, key: str, store) -> None:  # type: ignore[no-untyped-def]
-    pid = stack.pid("extauthz")
-    assert pid is not None
+    """One worker is killed; the supervisor then stops the other (SIGTERM: it loses none)."""
+    workers_before = set(writers(store))
+    pids = worker_pids(stack)
+    assert len(pids) == 2
+    pid = pids[0]
     with Load(stack.envoy_url, key) as load:
         time.sleep(2.0)
         killed_at = time.monotonic()
@@ -206,6 +217,8 @@ def test_sigkill_loses_at_most_one_flush_interval(stack: Stack, key: str, store)
         return verify(stack, "--strict").returncode == 0
 
     assert wait_for(shipped)
+    assert set(writers(store)) == workers_before  # the restarted workers resume their chains
+    assert len([w for w in workers_before if w != "ops"]) == 2
     assert any(status == 503 and t > killed_at + 0.1 for _rid, status, t in load.seen)  # it died
     audited = set(audited_request_ids(store))
     lost = [(rid, killed_at - t) for rid, t in decided if rid not in audited]
@@ -316,3 +329,32 @@ def test_search_finds_a_decision_with_opa_and_envoy_lines(stack: Stack, key: str
     assert json.loads(doc["envoy_access_log"][0])["request_id"] == rid
     if doc["audit"]["policy_source"] == "opa":  # a cached decision has no OPA query of its own
         assert doc["opa_decision_id"] and doc["opa_decision_log"]
+
+
+def test_a_policy_edit_is_audited_with_what_changed(stack: Stack, store) -> None:  # type: ignore[no-untyped-def]
+    tiers = stack.policy_dir / "extauthz" / "tiers" / "data.json"
+    original = tiers.read_text()
+    started = time.time()
+
+    def revisions() -> list[dict]:  # type: ignore[type-arg]
+        found = []
+        for writer in writers(store):
+            for _seq, line in read_stream(store, writer):
+                if b'"kind":"policy"' in line:
+                    doc = json.loads(line)
+                    if doc["ts"] >= started:
+                        found.append(doc)
+        return found
+
+    doc = json.loads(original)
+    doc["audit_probe"] = [{"name": "minute", "limit": 1, "window": 60}]
+    tiers.write_text(json.dumps(doc))
+    try:
+        assert wait_for(lambda: bool(revisions()), timeout=15)
+    finally:
+        tiers.write_text(original)
+    edit = revisions()[0]
+    assert edit["action"] == "policy.revision" and edit["from"] and edit["to"] != edit["from"]
+    assert edit["changed"] == ["data:extauthz"] and not edit["added"] and not edit["removed"]
+    assert wait_for(lambda: len(revisions()) >= 2, timeout=15)  # the revert, too
+    assert verify(stack).returncode == 0

@@ -293,10 +293,50 @@ def test_the_decision_log_thread_feeds_the_writer(tmp_path: Path) -> None:
     log.start()
     for i in range(5):
         log._queue.put(b'{"request_id":"q%d"}\n' % i)
+    log.note({"kind": "policy", "action": "policy.revision", "to": "abc"})
     log.stop()
     plain = (tmp_path / "d.log").read_bytes().splitlines()
     assert plain[0] == b'{"request_id":"q0"}'  # the decision log itself is unchanged
+    assert len(plain) == 5  # notes are for the audit trail only
     lines = sink.lines(writer.writer)
     ids = [json.loads(line).get("request_id") for line in lines]
     assert [i for i in ids if i] == [f"q{i}" for i in range(5)]
+    assert [json.loads(line)["to"] for line in lines if b'"kind":"policy"' in line] == ["abc"]
     assert verify_lines(lines, KEYS).ok
+
+
+class PolicyOpa:
+    """OPA's /v1/policies and /v1/data/extauthz, editable."""
+
+    def __init__(self) -> None:
+        self.modules = {"authz.rego": "package extauthz.authz\n", "risk.rego": "package risk\n"}
+        self.data: dict[str, Any] = {"tiers": {"standard": []}}
+
+    async def get(self, path: str) -> bytes:
+        if path == "/v1/policies":
+            return orjson.dumps({"result": [{"id": k, "raw": v} for k, v in self.modules.items()]})
+        return orjson.dumps({"result": self.data})
+
+
+async def test_policy_revisions_are_told_with_what_changed() -> None:
+    from extauthz.policy.revision import RevisionWatcher
+
+    opa = PolicyOpa()
+    watcher = RevisionWatcher(opa, 1.0, 1.0)  # type: ignore[arg-type]
+    told: list[dict[str, Any]] = []
+    watcher.on_change = told.append
+    first = await watcher.poll_once()
+    await watcher.poll_once()  # unchanged: nothing told
+    opa.modules["risk.rego"] += "x := 1\n"
+    opa.modules["new.rego"] = "package new\n"
+    second = await watcher.poll_once()
+    opa.data["tiers"]["gold"] = []
+    await watcher.poll_once()
+    assert [(t["from"], t["to"]) for t in told][:2] == [(None, first), (first, second)]
+    assert (told[1]["changed"], told[1]["added"], told[1]["removed"]) == (
+        ["risk.rego"],
+        ["new.rego"],
+        [],
+    )
+    assert told[2]["changed"] == ["data:extauthz"]
+    assert all(t["kind"] == "policy" and t["action"] == "policy.revision" for t in told)
