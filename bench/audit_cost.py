@@ -140,7 +140,9 @@ def writer_cpu(run_dir: Path, records: int) -> float:
     return spent / records * 1e6
 
 
-def verify_rate(records: int) -> tuple[float, int]:
+def verify_rate(records: int, write: str = "") -> tuple[float, int]:
+    """In-memory verify of `records` chained records; with `write`, also saved there (and the
+    public key at <write>.pub) for `extauthz audit verify --file`."""
     key = load_signing_key(os.urandom(32).hex(), Path("/nonexistent"))
     kid = key_id(key.public_key())
     chain = Chain("bench-w0-00000000")
@@ -151,11 +153,49 @@ def verify_rate(records: int) -> tuple[float, int]:
         if i % 1000 == 999:
             lines.append(chain.checkpoint(key, kid))
     lines.append(chain.checkpoint(key, kid))
+    if write:
+        Path(write).write_bytes(b"\n".join(lines) + b"\n")
+        Path(write + ".pub").write_text(key.public_key().public_bytes_raw().hex() + "\n")
     started = time.perf_counter()
     report = verify_lines(lines, {kid: key.public_key()})
     seconds = time.perf_counter() - started
     assert report.ok, report.problem
     return report.records / seconds, len(lines[0])
+
+
+def store_verify_rate(run_dir: Path, records: int) -> float:
+    """verify_store over a real Redis holding `records` records (shipped as the service does)."""
+    import redis as syncredis
+
+    from extauthz.audit.sink import RedisStreamSink
+    from extauthz.audit.verify import verify_store
+
+    settings = bench_settings(run_dir / "store")
+    stack = Stack(settings, redis_aof=False)
+    stack.up(["redis"])
+    try:
+        client = syncredis.Redis.from_url(settings.redis_url)
+        sink = RedisStreamSink(client)
+        key = load_signing_key(os.urandom(32).hex(), Path("/nonexistent"))
+        kid = key_id(key.public_key())
+        chain = Chain("bench-w0-00000000")
+        body = orjson.dumps(RECORD)
+        batch: list[tuple[int, bytes]] = []
+        for i in range(records):
+            batch.append((chain.seq + 1, chain.link(body)))
+            if i % 1000 == 999 or i == records - 1:
+                batch.append((chain.seq + 1, chain.checkpoint(key, kid)))
+                sink.append(chain.writer, batch)
+                batch = []
+        sink.register(chain.writer, {})
+        started = time.perf_counter()
+        report = verify_store(client, {kid: key.public_key()})
+        seconds = time.perf_counter() - started
+        assert report.ok, report.problem
+        client.close()
+        return report.records / seconds
+    finally:
+        stack.down()
 
 
 def main() -> None:
@@ -164,13 +204,18 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=300)
     parser.add_argument("--records", type=int, default=200_000)
     parser.add_argument("--sink", default="redis", help="EXTAUTHZ_AUDIT_SINK of the run")
+    parser.add_argument("--write", default="", help="also save the verified chain here")
+    parser.add_argument("--store", type=int, default=0, help="also verify N records in Redis")
     parser.add_argument("--skip-path", action="store_true", help="only the offline parts")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="audit-bench-") as tmp:
         run_dir = Path(tmp)
-        rate, size = verify_rate(args.records)
+        rate, size = verify_rate(args.records, args.write)
         print(f"verify: {rate:,.0f} records/s ({args.records:,} records of {size} bytes)")
         print(f"writer thread: {writer_cpu(run_dir, 50_000):.1f} µs CPU per record")
+        if args.store:
+            rate = store_verify_rate(run_dir, args.store)
+            print(f"verify (central store, Redis): {rate:,.0f} records/s ({args.store:,} records)")
         if not args.skip_path:
             path = decision_path(run_dir, args.rounds, args.batch, args.sink)
             print(
