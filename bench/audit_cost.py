@@ -88,7 +88,9 @@ def _request(key: str):  # type: ignore[no-untyped-def]
     )
 
 
-def decision_path(run_dir: Path, rounds: int, batch: int, sink: str) -> dict[str, float]:
+def decision_path(
+    run_dir: Path, rounds: int, batch: int, sink: str
+) -> dict[str, tuple[float, float, float]]:
     base = bench_settings(run_dir, decision_log=os.devnull, audit_sink=sink)
     stack = Stack(base, redis_aof=False)
     stack.up(["redis", "opa"])
@@ -111,19 +113,35 @@ def decision_path(run_dir: Path, rounds: int, batch: int, sink: str) -> dict[str
 
         for service in services.values():  # warm: key and decision caches
             loop.run_until_complete(run(service.handler))
-        per_round: dict[bool, list[float]] = {False: [], True: []}
+        wall: dict[bool, list[float]] = {False: [], True: []}
+        cpu: dict[bool, list[float]] = {False: [], True: []}
+        main_cpu: dict[bool, list[float]] = {False: [], True: []}
         for i in range(rounds):
             order = (False, True) if i % 2 == 0 else (True, False)
             for flag in order:
-                per_round[flag].append(loop.run_until_complete(run(services[flag].handler)))
-                time.sleep(0.06)  # the writer's last batch of this round lands before the next
+                process, thread = time.process_time(), time.thread_time()
+                wall[flag].append(loop.run_until_complete(run(services[flag].handler)))
+                main_cpu[flag].append((time.thread_time() - thread) / batch)
+                time.sleep(0.06)  # the writer's last batch of this round lands in this round
+                cpu[flag].append((time.process_time() - process) / batch)
+        audit = services[True].decision_log._audit  # its own CPU counters
+        audit_cpu = {"writer": audit.writer_cpu, "shipper": audit.shipper_cpu}  # type: ignore[union-attr]
         for service in services.values():
             loop.run_until_complete(service.close())
     finally:
         loop.close()
         stack.down()
-    off, on = (statistics.median(per_round[f]) for f in (False, True))
-    return {"off_us": off * 1e6, "on_us": on * 1e6, "added_pct": (on / off - 1) * 100}
+    result = {}
+    for name, series in (("wall", wall), ("cpu", cpu), ("main_cpu", main_cpu)):
+        off, on = (statistics.median(series[f]) for f in (False, True))
+        # each round against its neighbour of the other kind: drift of the machine cancels
+        paired = statistics.median(a / b for a, b in zip(series[True], series[False], strict=True))
+        result[name] = (off * 1e6, on * 1e6, (paired - 1) * 100)
+    decisions = rounds * batch + batch  # per service, with the warm-up
+    result["threads"] = tuple(  # type: ignore[assignment]
+        (name, seconds / decisions * 1e6) for name, seconds in audit_cpu.items()
+    )
+    return result
 
 
 def writer_cpu(run_dir: Path, records: int) -> float:
@@ -180,13 +198,14 @@ def store_verify_rate(run_dir: Path, records: int) -> float:
         kid = key_id(key.public_key())
         chain = Chain("bench-w0-00000000")
         body = orjson.dumps(RECORD)
-        batch: list[tuple[int, bytes]] = []
+        batch: list[bytes] = []
+        first = 1
         for i in range(records):
-            batch.append((chain.seq + 1, chain.link(body)))
+            batch.append(chain.link(body) + b"\n")
             if i % 1000 == 999 or i == records - 1:
-                batch.append((chain.seq + 1, chain.checkpoint(key, kid)))
-                sink.append(chain.writer, batch)
-                batch = []
+                batch.append(chain.checkpoint(key, kid) + b"\n")
+                sink.append(chain.writer, first, b"".join(batch))
+                first, batch = chain.seq + 1, []
         sink.register(chain.writer, {})
         started = time.perf_counter()
         report = verify_store(client, {kid: key.public_key()})
@@ -218,11 +237,17 @@ def main() -> None:
             print(f"verify (central store, Redis): {rate:,.0f} records/s ({args.store:,} records)")
         if not args.skip_path:
             path = decision_path(run_dir, args.rounds, args.batch, args.sink)
-            print(
-                f"decision path (median of {args.rounds} rounds x {args.batch}): audit off "
-                f"{path['off_us']:.0f} µs, on {path['on_us']:.0f} µs, "
-                f"{path['added_pct']:+.1f} %"
-            )
+            print(f"decision path, median of {args.rounds} rounds x {args.batch} (off -> on):")
+            for name, label in (
+                ("wall", "wall time per decision"),
+                ("cpu", "process CPU per decision (every thread)"),
+                ("main_cpu", "event-loop thread CPU per decision"),
+            ):
+                off, on, paired = path[name]
+                print(f"  {label}: {off:.0f} -> {on:.0f} µs (paired rounds {paired:+.1f} %)")
+            print("  the audit's own threads (thread CPU time), per decision:")
+            for thread, us in path["threads"]:  # type: ignore[union-attr]
+                print(f"    {thread}: {us:.1f} µs")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ id and sends only what follows, so a retry after an outage never duplicates a re
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import orjson
@@ -27,8 +27,9 @@ class Sink(Protocol):
     def last_seq(self, writer: str) -> int:
         """The highest seq the store holds for `writer` (0: none)."""
 
-    def append(self, writer: str, records: Sequence[tuple[int, bytes]]) -> None:
-        """Store records (seq, line), each seq above last_seq, in order; raise on failure."""
+    def append(self, writer: str, first_seq: int, data: bytes) -> None:
+        """Store newline-terminated lines whose seqs run from `first_seq` on, each above
+        last_seq, in order; raise on failure."""
 
     def register(self, writer: str, meta: dict[str, Any]) -> None:
         """Name the writer in the store's list of writers."""
@@ -39,16 +40,23 @@ def _seq_of(entry_id: bytes | str) -> int:
     return int(text.split("-", 1)[0])
 
 
-# One call per shipment: the records go as arguments of one script, which refuses them all if
-# the stream already holds a seq at or above the first (a stale view: the shipper asks again).
-# One command instead of one XADD each keeps the shipper's CPU (and GIL) time small.
+# One call per shipment: the lines go as one argument, split and added by the script, which
+# refuses them all if the stream already holds their first seq or a later one (a stale view:
+# the shipper asks again). One command with one argument keeps the shipper's CPU (and GIL)
+# time per record small.
 _APPEND = """
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local top = 0
 if #last > 0 then top = tonumber(string.match(last[1][1], '^(%d+)-')) end
-if top >= tonumber(ARGV[1]) then return top end
-for i = 1, #ARGV, 2 do
-  redis.call('XADD', KEYS[1], ARGV[i] .. '-0', 'r', ARGV[i + 1])
+local seq = tonumber(ARGV[1])
+if top >= seq then return top end
+local data = ARGV[2]
+local pos = 1
+while pos <= #data do
+  local nl = string.find(data, '\\n', pos, true)
+  redis.call('XADD', KEYS[1], string.format('%d-0', seq), 'r', string.sub(data, pos, nl - 1))
+  seq = seq + 1
+  pos = nl + 1
 end
 return -1
 """
@@ -69,11 +77,8 @@ class RedisStreamSink:
         last = self._redis.xrevrange(stream_key(writer), "+", "-", count=1)
         return _seq_of(last[0][0]) if last else 0
 
-    def append(self, writer: str, records: Sequence[tuple[int, bytes]]) -> None:
-        args: list[Any] = []
-        for seq, line in records:
-            args += (seq, line)
-        top = self._append(keys=[stream_key(writer)], args=args)
+    def append(self, writer: str, first_seq: int, data: bytes) -> None:
+        top = self._append(keys=[stream_key(writer)], args=[first_seq, data])
         if int(top) != -1:
             raise StaleSink(f"the store holds {writer} up to seq {top}")
 

@@ -191,7 +191,8 @@ class Spool:
     def read(
         self, cursor: Cursor, durable: Durable, max_bytes: int = 1 << 20
     ) -> tuple[list[tuple[int, bytes]], Cursor]:
-        """Durable whole lines from `cursor` on (about `max_bytes`), and the cursor after them."""
+        """Durable whole lines from `cursor` on (about `max_bytes`) as runs of consecutive seqs,
+        (first seq, newline-terminated lines), and the cursor after them. Normally one run."""
         while True:
             path = segment_path(self.directory, cursor.segment)
             end = durable.offset if cursor.segment == durable.segment else None
@@ -204,14 +205,38 @@ class Spool:
                 data = b""
             data = data[: data.rfind(b"\n") + 1]
             if data:
-                lines = [(parse_seq(line, self.prefix_len), line) for line in data.splitlines()]
-                return lines, Cursor(cursor.segment, cursor.offset + len(data))
+                return self.runs(data), Cursor(cursor.segment, cursor.offset + len(data))
             if cursor.segment >= durable.segment:
                 return [], cursor
             later = [s for s in segments(self.directory) if s > cursor.segment]
             if not later:
                 return [], cursor
             cursor = Cursor(later[0], 0)  # this segment is read to its end: the next one
+
+    def runs(self, data: bytes, above: int = 0) -> list[tuple[int, bytes]]:
+        """Newline-terminated lines → runs of consecutive seqs above `above`. The common case
+        (one run, nothing to skip) reads two seqs, not every line's."""
+        first = parse_seq(data, self.prefix_len)
+        last = parse_seq(data[data.rfind(b"\n", 0, len(data) - 1) + 1 :], self.prefix_len)
+        if first > above and last - first + 1 == data.count(b"\n"):
+            return [(first, data)]
+        runs: list[tuple[int, bytes]] = []
+        lines: list[bytes] = []
+        start = expected = 0
+        for line in data.splitlines(keepends=True):
+            seq = parse_seq(line, self.prefix_len)
+            if seq <= above:
+                continue
+            if lines and seq != expected:
+                runs.append((start, b"".join(lines)))
+                lines = []
+            if not lines:
+                start = seq
+            lines.append(line)
+            expected = seq + 1
+        if lines:
+            runs.append((start, b"".join(lines)))
+        return runs
 
     def drop_shipped(self, shipped_seq: int) -> int:
         """Delete segments whose every line the sink holds (never the active one)."""

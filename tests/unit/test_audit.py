@@ -183,13 +183,14 @@ def test_spool_rotates_reads_across_segments_and_drops_shipped_ones(tmp_path: Pa
     read: list[int] = []
     cursor, durable = Cursor(1, 0), spool.durable()
     while True:
-        lines, cursor = spool.read(cursor, durable, max_bytes=150)
-        if not lines:
+        runs, cursor = spool.read(cursor, durable, max_bytes=150)
+        if not runs:
             break
-        read.extend(seq for seq, _ in lines)
+        for first, data in runs:
+            read.extend(range(first, first + data.count(b"\n")))
     assert read == list(range(1, 11))
     assert spool.locate(4) != Cursor(1, 0)
-    assert [s for s, _ in spool.read(spool.locate(4), durable)[0]][0] == 5
+    assert spool.read(spool.locate(4), durable)[0][0][0] == 5
     spool.drop_shipped(10)
     assert segments(tmp_path / "w0") == [durable.segment]  # only the active one is kept
     spool.close()
@@ -211,13 +212,15 @@ class FakeSink:
             raise ConnectionError("down")
         return max(self.data.get(writer) or {0: b""})
 
-    def append(self, writer: str, records: Sequence[tuple[int, bytes]]) -> None:
+    def append(self, writer: str, first_seq: int, data: bytes) -> None:
         if self.down:
             raise ConnectionError("down")
+        assert data.endswith(b"\n")
         with self.lock:
             stream = self.data.setdefault(writer, {})
-            for seq, line in records:
+            for seq, line in enumerate(data.splitlines(), first_seq):
                 assert seq > max(stream or {0: b""}), "a duplicate or out-of-order record"
+                assert json.loads(line)["seq"] == seq
                 stream[seq] = line
 
     def register(self, writer: str, meta: dict[str, Any]) -> None:
@@ -340,3 +343,15 @@ async def test_policy_revisions_are_told_with_what_changed() -> None:
     )
     assert told[2]["changed"] == ["data:extauthz"]
     assert all(t["kind"] == "policy" and t["action"] == "policy.revision" for t in told)
+
+
+def test_spool_runs_split_at_gaps_and_skip_what_the_sink_has(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "w0", "h-w0", 1 << 20)
+    spool.open()
+    chain = Chain(spool.writer)
+    lines = [chain.link(b'{"i":%d}' % i) + b"\n" for i in range(6)]
+    spool.close()
+    assert spool.runs(b"".join(lines)) == [(1, b"".join(lines))]
+    assert spool.runs(b"".join(lines), above=2) == [(3, b"".join(lines[2:]))]
+    gappy = lines[:2] + lines[4:]  # seqs 1, 2, 5, 6
+    assert spool.runs(b"".join(gappy)) == [(1, b"".join(lines[:2])), (5, b"".join(lines[4:]))]
