@@ -36,7 +36,7 @@ FLUSH_INTERVAL = 0.05
 class AuditTrail(Protocol):
     """What the writer thread feeds (extauthz.audit.writer.AuditWriter)."""
 
-    checkpoint_interval: float
+    wake_interval: float  # seconds an idle writer thread waits before calling write([])
 
     def open(self) -> None: ...
     def write(self, records: list[bytes]) -> None: ...
@@ -52,7 +52,7 @@ class DecisionLog:
     ) -> None:
         self._target = target
         self._audit = audit
-        self._idle_wake = audit.checkpoint_interval if audit is not None else None
+        self._idle_wake = audit.wake_interval if audit is not None else None
         self._interval = flush_interval
         self._stopping = threading.Event()
         self._queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()

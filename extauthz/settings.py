@@ -56,8 +56,13 @@ class Settings(BaseSettings):
     )
     audit_flush_interval: float = Field(
         0.05,
-        description="Seconds between the audit writer's spool writes (one write and fsync per "
-        "interval): a SIGKILL loses at most the records of one interval.",
+        description="Seconds between the audit writer's spool writes: a SIGKILL loses at most "
+        "the records of one interval.",
+    )
+    audit_fsync_interval: float = Field(
+        0.25,
+        description="Longest seconds between fsyncs of the audit spool (groups of writes): a "
+        "crash of the host loses at most this; the sink gets only fsync'd records.",
     )
     audit_checkpoint_interval: float = Field(
         2.0, description="Seconds between signed checkpoints of each audit chain."

@@ -173,6 +173,7 @@ def audit_writer(settings: Settings, worker_index: int = 0) -> AuditWriter:
         sink,
         checkpoint_interval=settings.audit_checkpoint_interval,
         drain_timeout=settings.audit_drain_timeout,
+        fsync_interval=settings.audit_fsync_interval,
     )
 
 

@@ -1,10 +1,12 @@
 """One process's audit writer: chain → spool (fsync'd per group) → shipper thread → sink.
 
-The decision log's writer thread hands each batch of records to `write()`, which chains them,
-appends them to the spool and fsyncs once per batch (one batch per flush interval), and signs a
-checkpoint every `checkpoint_interval` seconds. A second thread ships what is durable to the
-sink, in order, from the spool files: while the sink is down the spool fills, after it drains,
-idempotent by seq. Nothing here runs on the request path.
+The decision log's writer thread hands each batch of records to `write()` (one batch per flush
+interval), which chains them and appends them to the spool (then they are in the kernel: a
+killed process cannot lose them), fsyncs at most every `fsync_interval` (groups of batches: a
+crashed host loses at most that), and signs a checkpoint every `checkpoint_interval` seconds. A
+second thread ships what is fsync'd to the sink, in order, from the spool files: while the sink
+is down the spool fills, after it drains, idempotent by seq. Nothing here runs on the request
+path.
 
 Losses: SIGTERM/SIGINT none (close() writes, fsyncs and signs everything queued; what the sink
 has not taken yet stays in the spool for the next start). SIGKILL: the records queued since the
@@ -45,6 +47,7 @@ class AuditWriter:
         sink: Callable[[], Sink] | None,
         checkpoint_interval: float = 2.0,
         drain_timeout: float = 3.0,
+        fsync_interval: float = 0.25,
     ) -> None:
         self.spool = spool
         self._key = key
@@ -52,6 +55,9 @@ class AuditWriter:
         self._sink_factory = sink
         self.checkpoint_interval = checkpoint_interval
         self._drain_timeout = drain_timeout
+        self._fsync_interval = fsync_interval
+        self._last_fsync = 0.0
+        self._written = False  # appended since the last fsync
         self._chain: Chain | None = None
         self._pending: list[bytes] = []  # chained lines a failed write still owes the spool
         self._last_checkpoint = 0.0
@@ -63,6 +69,11 @@ class AuditWriter:
         # CPU seconds spent by the audit (thread time: precise, unlike the kernel's ticks)
         self.writer_cpu = 0.0
         self.shipper_cpu = 0.0
+
+    @property
+    def wake_interval(self) -> float:
+        """How often an idle writer thread should call `write([])` (fsync, sign)."""
+        return min(self.checkpoint_interval, self._fsync_interval)
 
     @property
     def writer(self) -> str:
@@ -102,14 +113,20 @@ class AuditWriter:
             lines.append(chain.checkpoint(self._key, self._kid))
             self._last_checkpoint = time.monotonic()
             self._signed_seq = chain.seq
-        if not lines:
-            return
-        self._append(lines)
+        if lines:
+            self._append(lines)  # in the kernel now: a killed process loses none of it
+            AUDIT_RECORDS.labels("chained").inc(len(lines))
+        if self._written and time.monotonic() - self._last_fsync >= self._fsync_interval:
+            self._sync()  # on disk: a crashed host loses none of it (groups of writes per fsync)
+
+    def _sync(self) -> None:
         try:
             self.spool.sync()
         except OSError:
             log.exception("audit spool fsync failed")
-        AUDIT_RECORDS.labels("chained").inc(len(lines))
+            return
+        self._last_fsync = time.monotonic()
+        self._written = False
 
     def close(self) -> None:
         """Sign the head, fsync, give the shipper `drain_timeout` to empty the spool, unlock."""
@@ -149,6 +166,7 @@ class AuditWriter:
             return
         try:
             self.spool.append(b"\n".join(lines) + b"\n", self._chain.seq)
+            self._written = True
         except OSError:  # e.g. a full disk: keep them (chained) and try again next batch
             log.exception("audit spool write failed; %d records held in memory", len(lines))
             self._pending = lines
