@@ -15,7 +15,6 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from extauthz.audit.chain import load_signing_key
-from extauthz.audit.sink import RedisStreamSink
 from extauthz.audit.spool import Spool
 from extauthz.audit.writer import AuditWriter
 from extauthz.authn.apikeys import ApiKeyAuthenticator, KeyStore
@@ -142,18 +141,15 @@ def audit_signing_key(settings: Settings, create: bool = True):  # type: ignore[
     )
 
 
-def sync_redis_client(settings: Settings, timeout: float):  # type: ignore[no-untyped-def]
-    """A blocking client, for threads off the event loop (the audit shipper) and the CLI."""
-    import redis as syncredis
-    from redis.cluster import RedisCluster as SyncCluster
-
-    if settings.redis_cluster:
-        return SyncCluster.from_url(
-            settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-    return syncredis.Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
-    )
+def shipper_env(settings: Settings) -> dict[str, str]:
+    """What the audit shipper process needs to know (it reads EXTAUTHZ_* like the service)."""
+    return {
+        "EXTAUTHZ_REDIS_URL": settings.redis_url,
+        "EXTAUTHZ_REDIS_CLUSTER": str(settings.redis_cluster).lower(),
+        "EXTAUTHZ_AUDIT_SINK_TIMEOUT": str(settings.audit_sink_timeout),
+        "EXTAUTHZ_AUDIT_SEGMENT_BYTES": str(settings.audit_segment_bytes),
+        "EXTAUTHZ_LOG_LEVEL": settings.log_level,
+    }
 
 
 def audit_writer(settings: Settings, worker_index: int = 0) -> AuditWriter:
@@ -164,13 +160,10 @@ def audit_writer(settings: Settings, worker_index: int = 0) -> AuditWriter:
         f"{node}-w{worker_index}",
         settings.audit_segment_bytes,
     )
-    sink = None
-    if settings.audit_sink == "redis":
-        sink = lambda: RedisStreamSink(sync_redis_client(settings, settings.audit_sink_timeout))  # noqa: E731
     return AuditWriter(
         spool,
         audit_signing_key(settings),
-        sink,
+        shipper_env(settings) if settings.audit_sink == "redis" else None,
         checkpoint_interval=settings.audit_checkpoint_interval,
         drain_timeout=settings.audit_drain_timeout,
         fsync_interval=settings.audit_fsync_interval,

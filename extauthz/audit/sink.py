@@ -108,3 +108,17 @@ def read_stream(
         if len(entries) < chunk:
             return
         start = f"{_seq_of(entries[-1][0])}-1"
+
+
+def sync_redis_client(settings: Any, timeout: float) -> Any:
+    """A blocking client on the service's Redis settings (the shipper, the `audit` CLI)."""
+    import redis as syncredis
+    from redis.cluster import RedisCluster as SyncCluster
+
+    if settings.redis_cluster:
+        return SyncCluster.from_url(
+            settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    return syncredis.Redis.from_url(
+        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout
+    )

@@ -63,6 +63,7 @@ class Spool:
         self._writer_prefix = writer_prefix
         self._segment_bytes = segment_bytes
         self._lock_fd: int | None = None
+        self._marker_fd: int | None = None
         self._fd: int | None = None
         self._segment = 0
         self._size = 0
@@ -118,7 +119,41 @@ class Spool:
         )
         self._written_seq = seq
         self._durable = Durable(self._segment, self._size, seq)
+        self._marker_fd = os.open(self.directory / "durable", os.O_RDWR | os.O_CREAT, 0o600)
+        self._mark(self._durable)
         return seq, head
+
+    def attach(self) -> None:
+        """For a reader in another process (the shipper): the writer id, no lock, no writes."""
+        self.writer = (self.directory / "writer").read_text().strip()
+        self._prefix_len = len(b'{"w":' + orjson.dumps(self.writer) + b',"seq":')
+
+    def _mark(self, durable: Durable) -> None:
+        """Tell readers in other processes how far the spool is fsync'd (a hint written after
+        the fsync, so never ahead of the disk)."""
+        text = b"%d %d %d\n" % (durable.segment, durable.offset, durable.seq)
+        os.pwrite(self._marker_fd, text.ljust(64), 0)
+
+    def read_durable(self) -> Durable:
+        try:
+            segment, offset, seq = (self.directory / "durable").read_bytes().split()[:3]
+        except (OSError, ValueError):
+            return Durable(0, 0, 0)
+        return Durable(int(segment), int(offset), int(seq))
+
+    def write_status(self, shipped: int, errors: int) -> None:
+        """The shipper's progress: the last seq the sink holds, failed attempts so far."""
+        path = self.directory / "shipped"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(b"%d %d\n" % (shipped, errors))
+        os.replace(tmp, path)
+
+    def read_status(self) -> tuple[int, int]:
+        try:
+            shipped, errors = (self.directory / "shipped").read_bytes().split()[:2]
+        except (OSError, ValueError):
+            return 0, 0
+        return int(shipped), int(errors)
 
     @property
     def prefix_len(self) -> int:
@@ -149,6 +184,7 @@ class Spool:
             )
             _fsync_dir(self.directory)
             durable = Durable(self._segment, 0, self._written_seq)
+        self._mark(durable)
         with self._cond:
             self._durable = durable
             self._cond.notify_all()
@@ -158,6 +194,9 @@ class Spool:
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = None
+        if self._marker_fd is not None:
+            os.close(self._marker_fd)
+            self._marker_fd = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the flock
             self._lock_fd = None
@@ -165,11 +204,6 @@ class Spool:
     # ---- the shipper thread
     def durable(self) -> Durable:
         with self._cond:
-            return self._durable
-
-    def wait_durable(self, beyond_seq: int, timeout: float) -> Durable:
-        with self._cond:
-            self._cond.wait_for(lambda: self._durable.seq > beyond_seq, timeout)
             return self._durable
 
     def locate(self, seq: int) -> Cursor:
@@ -240,7 +274,7 @@ class Spool:
 
     def drop_shipped(self, shipped_seq: int) -> int:
         """Delete segments whose every line the sink holds (never the active one)."""
-        durable = self.durable()
+        durable = self.read_durable()
         firsts = segments(self.directory)
         dropped = 0
         for first, following in zip(firsts, firsts[1:], strict=False):

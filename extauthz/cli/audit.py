@@ -35,7 +35,7 @@ def _public_keys(settings: Settings, given: list[str]) -> dict[str, Any]:
 
 
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
-    from extauthz.wiring import sync_redis_client
+    from extauthz.audit.sink import sync_redis_client
 
     return sync_redis_client(settings, 10.0)
 
