@@ -355,3 +355,21 @@ def test_spool_runs_split_at_gaps_and_skip_what_the_sink_has(tmp_path: Path) -> 
     assert spool.runs(b"".join(lines), above=2) == [(3, b"".join(lines[2:]))]
     gappy = lines[:2] + lines[4:]  # seqs 1, 2, 5, 6
     assert spool.runs(b"".join(gappy)) == [(1, b"".join(lines[:2])), (5, b"".join(lines[4:]))]
+
+
+def test_a_stopped_shipper_drains_what_is_durable_first(tmp_path: Path) -> None:
+    from extauthz.audit.shipper import Shipper
+
+    sink = FakeSink()
+    spool = Spool(tmp_path / "w0", "h-w0", 1 << 20)
+    spool.open()
+    chain = Chain(spool.writer)
+    for i in range(5):
+        spool.append(chain.link(b'{"i":%d}' % i) + b"\n", chain.seq)
+    spool.sync()
+    stop = threading.Event()
+    stop.set()  # told to end before it ever ran: it still ships what is on disk
+    Shipper(spool, lambda: sink, stop, final_drain=2.0).run()
+    assert sorted(sink.data[spool.writer]) == [1, 2, 3, 4, 5]
+    assert spool.read_status() == (5, 0)
+    spool.close()
