@@ -1,8 +1,8 @@
 """Operator actions (keys, devices, quarantines, threat level, risk, policy) on their own chain.
 
-The CLI appends each action straight to the `ops` stream: the action record, then a checkpoint
-signing it, in one Lua call that adds both only if the stream's head is still the one the
-records were chained to (another operator's action in between: read the head again, retry).
+The CLI appends each action straight to the `ops` stream: the action record and a checkpoint
+signing it, as one entry, in one Lua call that adds it only if the stream's head is still the
+one the records were chained to (another operator's action in between: read it again, retry).
 Who: the login (and `SUDO_USER`), or EXTAUTHZ_AUDIT_ACTOR; the host; the process.
 """
 
@@ -17,17 +17,14 @@ import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from extauthz.audit.chain import GENESIS, Chain, key_id, record_hash
-from extauthz.audit.sink import OPS_WRITER, WRITERS_KEY, stream_key
-
-_APPEND = """
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local top = 0
-if #last > 0 then top = tonumber(string.match(last[1][1], '^(%d+)-')) end
-if top ~= tonumber(ARGV[1]) then return top end
-redis.call('XADD', KEYS[1], ARGV[2], 'r', ARGV[3])
-redis.call('XADD', KEYS[1], ARGV[4], 'r', ARGV[5])
-return -1
-"""
+from extauthz.audit.sink import (
+    APPEND_LUA,
+    OPS_WRITER,
+    WRITERS_KEY,
+    append_keys,
+    entry_last_seq,
+    stream_key,
+)
 
 
 def actor(configured: str = "") -> dict[str, Any]:
@@ -70,17 +67,13 @@ async def append_operator_action(
         seq, head = 0, GENESIS
         if last:
             entry_id, fields = last[0]
-            seq = int(
-                (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).split("-")[0]
-            )
-            head = record_hash(fields[b"r"] if b"r" in fields else fields["r"])
+            seq = entry_last_seq(entry_id, fields)
+            lines = (fields.get(b"r") or fields.get("r")).splitlines()
+            head = record_hash(lines[-1])
         chain = Chain(OPS_WRITER, seq, head)
-        line = chain.link(orjson.dumps(record))
-        checkpoint = chain.checkpoint(key, kid)
-        result = await redis.eval(
-            _APPEND, 1, stream, seq, f"{seq + 1}-0", line, f"{seq + 2}-0", checkpoint
-        )
-        if int(result) == -1:
+        data = chain.link(orjson.dumps(record)) + b"\n" + chain.checkpoint(key, kid) + b"\n"
+        keys = append_keys(OPS_WRITER)
+        if int(await redis.eval(APPEND_LUA, 2, *keys, seq + 1, data, 2)) == -1:
             await redis.hsetnx(WRITERS_KEY, OPS_WRITER, orjson.dumps({"since": record["ts"]}))
             return seq + 1
     raise RuntimeError("the ops audit stream kept moving; action not audited")

@@ -1,9 +1,12 @@
 """Where audit records go centrally: a `Sink`. Here, a Redis Stream per writer.
 
-Stream `ea:{audit:<writer>}:log` holds one entry per record, id `<seq>-0`, field `r` = the
-line; the hash `ea:{audit}:writers` names every writer that ever shipped (so a deleted stream is
-noticed by `audit verify`). Explicit ids make shipping idempotent: the shipper asks for the last
-id and sends only what follows, so a retry after an outage never duplicates a record.
+Stream `ea:{audit:<writer>}:log` holds one entry per shipment of consecutive records: id
+`<first seq>-0`, field `r` = the lines (each ending in a newline), `n` = how many. One entry,
+not one per record, keeps Redis' work per shipment to one XADD (measured: a script adding one
+entry per record held Redis ~6 µs per record, ~0.5 ms per shipment, time every decision's own
+Redis call would wait behind). The hash `ea:{audit}:writers` names every writer that ever
+shipped (so a deleted stream is noticed by `audit verify`). Idempotent: the append script
+refuses a shipment whose first seq the stream already holds, so a retry never duplicates.
 """
 
 from __future__ import annotations
@@ -40,26 +43,42 @@ def _seq_of(entry_id: bytes | str) -> int:
     return int(text.split("-", 1)[0])
 
 
-# One call per shipment: the lines go as one argument, split and added by the script, which
-# refuses them all if the stream already holds their first seq or a later one (a stale view:
-# the shipper asks again). One command with one argument keeps the shipper's CPU (and GIL)
-# time per record small.
-_APPEND = """
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local top = 0
-if #last > 0 then top = tonumber(string.match(last[1][1], '^(%d+)-')) end
-local seq = tonumber(ARGV[1])
-if top >= seq then return top end
-local data = ARGV[2]
-local pos = 1
-while pos <= #data do
-  local nl = string.find(data, '\\n', pos, true)
-  redis.call('XADD', KEYS[1], string.format('%d-0', seq), 'r', string.sub(data, pos, nl - 1))
-  seq = seq + 1
-  pos = nl + 1
+# Adds one entry unless the stream already holds seq ARGV[1]; returns -1, or the last seq it
+# holds (the caller's view was stale). The last seq is kept beside the stream (KEYS[2], same
+# slot), so the check never reads a stored entry back into the script (that doubled its time).
+APPEND_LUA = """
+local top = tonumber(redis.call('GET', KEYS[2]) or '-1')
+if top < 0 then
+  top = 0
+  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+  if #last > 0 then
+    local fields = last[1][2]
+    local n = 1
+    for i = 1, #fields, 2 do
+      if fields[i] == 'n' then n = tonumber(fields[i + 1]) end
+    end
+    top = tonumber(string.match(last[1][1], '^(%d+)-')) + n - 1
+  end
 end
+if top >= tonumber(ARGV[1]) then return top end
+redis.call('XADD', KEYS[1], ARGV[1] .. '-0', 'r', ARGV[2], 'n', ARGV[3])
+redis.call('SET', KEYS[2], tonumber(ARGV[1]) + tonumber(ARGV[3]) - 1)
 return -1
 """
+
+
+def append_keys(writer: str) -> list[str]:
+    """The stream and its last-seq key (one hash tag: one Cluster slot)."""
+    return [stream_key(writer), f"ea:{{audit:{writer}}}:last"]
+
+
+def _field(fields: dict[Any, Any], name: str) -> Any:
+    value = fields.get(name.encode())
+    return fields.get(name) if value is None else value
+
+
+def entry_last_seq(entry_id: bytes | str, fields: dict[Any, Any]) -> int:
+    return _seq_of(entry_id) + int(_field(fields, "n") or 1) - 1
 
 
 class StaleSink(RuntimeError):
@@ -71,14 +90,17 @@ class RedisStreamSink:
 
     def __init__(self, redis: Any) -> None:
         self._redis = redis
-        self._append = redis.register_script(_APPEND)
+        self._append = redis.register_script(APPEND_LUA)
 
     def last_seq(self, writer: str) -> int:
-        last = self._redis.xrevrange(stream_key(writer), "+", "-", count=1)
-        return _seq_of(last[0][0]) if last else 0
+        stream, kept = append_keys(writer)
+        last = self._redis.xrevrange(stream, "+", "-", count=1)
+        held = entry_last_seq(*last[0]) if last else 0
+        return max(held, int(self._redis.get(kept) or 0))  # a trimmed stream: go on after it
 
     def append(self, writer: str, first_seq: int, data: bytes) -> None:
-        top = self._append(keys=[stream_key(writer)], args=[first_seq, data])
+        count = data.count(b"\n")
+        top = self._append(keys=append_keys(writer), args=[first_seq, data, count])
         if int(top) != -1:
             raise StaleSink(f"the store holds {writer} up to seq {top}")
 
@@ -95,16 +117,14 @@ def writers(redis: Any) -> list[str]:
     return sorted(n.decode() if isinstance(n, bytes) else n for n in names)
 
 
-def read_stream(
-    redis: Any, writer: str, after: int = 0, chunk: int = 10_000
-) -> Iterator[tuple[int, bytes]]:
+def read_stream(redis: Any, writer: str, chunk: int = 500) -> Iterator[tuple[int, bytes]]:
     """Every (seq, line) of a writer's stream, oldest first, `chunk` entries per XRANGE."""
     key = stream_key(writer)
-    start = f"{after}-1" if after else "-"
+    start = "-"
     while True:
         entries = redis.xrange(key, start, "+", count=chunk)
         for entry_id, fields in entries:
-            yield _seq_of(entry_id), fields[b"r"] if b"r" in fields else fields["r"]
+            yield from enumerate(_field(fields, "r").splitlines(), _seq_of(entry_id))
         if len(entries) < chunk:
             return
         start = f"{_seq_of(entries[-1][0])}-1"
