@@ -61,8 +61,12 @@ REPORTED = {
 # Tolerances: the measured noise, max over median of a ratio in 10 gate runs with a CPU hog on
 # one core — latency 1.30, CPU time 1.045, throughput 1.10 (and 1.35 / 1.06 / 1.20 while four
 # other test suites ran beside the hog, load average ~10) — plus room for another processor.
-# CPU time carries the sensitivity: under the hog, 300 µs of CPU per Check moved it +38–45 %
-# over the baseline (3 of 3 caught), 150 µs +19–26 % (1 of 3); latency at c=1 is the noisiest.
+# CPU time carries the sensitivity; latency at c=1 is the noisiest. The CPU figure also falls
+# when the machine is busy (asyncio batches more requests per wake-up): 2.54–2.89 in 5 runs on
+# 2026-12-01 as helpers started beside it. The self-test's slowdown is fixed work
+# (bench/slowdown.py), not a busy-wait on the clock: a busy-wait burnt less CPU when preempted
+# and a CI run saw "300 µs" move the figure only +25 %. As work, 300 µs moved it +38 % and
+# +57 % over the baseline under load (2 of 2 caught).
 TOLERANCE = {
     "c1_added_p50_C_over_B": 0.50,
     "c8_cpu_per_request_C_over_B": 0.25,

@@ -29,9 +29,10 @@ from collections import deque
 from pathlib import Path
 
 from extauthz.dev.devstack import Stack
-from extauthz.limits.keys import counter_key, dimension_values
 from extauthz.limits.limiter import Limiter, LimiterConfig
-from extauthz.types import Principal, Window
+from extauthz.store.schema import counter_key, dimension_values
+from extauthz.threat import ThreatWatcher
+from extauthz.types import ModelRoute, PolicyDecision, Principal, RequestView, Window
 from extauthz.wiring import redis_client
 from tests.conftest import stack_settings
 
@@ -87,16 +88,27 @@ async def replay(
     clock_now = [0.0]
     # no local over-limit cache: every request goes through the script
     config = LimiterConfig(local_cache_size=0, strikes=0)
-    limiter = Limiter(redis, timeout=5.0, clock=lambda: clock_now[0], config=config)
+    limiter = Limiter(
+        redis,
+        timeout=5.0,
+        clock=lambda: clock_now[0],
+        config=config,
+        threat=ThreatWatcher(redis),  # never polled: normal
+    )
     principal = Principal(
         f"acc-{secrets.token_hex(4)}", (), (), "t", "api_key", secrets.token_hex(6)
     )
     quota = (Window("w", limit, window),)
+    source = f"10.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}.7"
+    view = RequestView(
+        "acc", "POST", "/v2/models/m/infer", "h", source, {}, ModelRoute("m", "", "infer")
+    )
+    policy = PolicyDecision(True, 200, "ok", quota)
     epoch = 1_800_000_000.0
     decisions = []
     for t in times:
         clock_now[0] = epoch + t
-        decisions.append((await limiter.check(principal, quota)).allowed)
+        decisions.append((await limiter.check(principal, quota, view, policy)).allowed)
     key = counter_key(dimension_values(principal, ""), quota[0])
     memory = await redis.memory_usage(key) or 0
     await redis.aclose()

@@ -26,6 +26,7 @@ from redis.asyncio.cluster import RedisCluster
 from extauthz.authn.apikeys import key_record_name
 from extauthz.dev.devstack import Stack, cluster_ports
 from extauthz.limits.limiter import Limiter, LimiterConfig
+from extauthz.threat import ThreatWatcher
 from extauthz.types import ModelRoute, PolicyDecision, Principal, RequestView, Window
 from extauthz.wiring import redis_client
 from tests.conftest import stack_settings
@@ -76,7 +77,7 @@ async def measure(redis: Any, n: int) -> dict[str, Any]:
         key_record_name(key_id),
     )
     policy = PolicyDecision(True, 200, "ok", STANDARD, project="vision")
-    limiter = Limiter(redis, timeout=1.0, config=LimiterConfig())
+    limiter = Limiter(redis, timeout=1.0, config=LimiterConfig(), threat=ThreatWatcher(redis))
     for _ in range(200):  # warm: script loaded, connections open
         await limiter.check(principal, STANDARD, VIEW, policy)
         await redis.ping()
@@ -94,7 +95,7 @@ async def measure(redis: Any, n: int) -> dict[str, Any]:
     calls = await evalsha_calls(redis) - before
     # a denied key: the local over-limit cache answers in-process
     full = (Window("minute", 1, 60),)
-    limiter.local = type(limiter.local)(1000, 3600.0)
+    limiter.local = limiter.redis.local = type(limiter.local)(1000, 3600.0)  # type: ignore[attr-defined]
     await limiter.check(principal, full, VIEW, policy)
     await limiter.check(principal, full, VIEW, policy)
     local = []

@@ -1,4 +1,5 @@
-"""Check(): one decision, one call per stage (see DESIGN.md, "One decision, in order")."""
+"""Check(): one decision, one call per stage (ARCHITECTURE.md, "One decision"); each stage's
+interface is a Protocol in stages.py."""
 
 from __future__ import annotations
 
@@ -8,13 +9,10 @@ import uuid
 
 from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
-from extauthz.authn.authenticator import Authenticator
-from extauthz.decisionlog import DecisionLog
-from extauthz.limits.limiter import Limiter
 from extauthz.metrics import DECISION_SECONDS, DECISIONS
-from extauthz.policy.engine import PolicyEngine
 from extauthz.request import NO_FORWARDING, Forwarding, parse_check_request
 from extauthz.response import UPSTREAM_PREFIX, build_response
+from extauthz.stages import Authenticator, DecisionLog, LimitStage, PolicyEngine
 from extauthz.types import (
     Decision,
     Denied,
@@ -35,7 +33,7 @@ class CheckHandler:
         self,
         authenticator: Authenticator,
         policy: PolicyEngine,
-        limiter: Limiter,
+        limiter: LimitStage,
         decision_log: DecisionLog,
         max_body_bytes: int,
         forwarding: Forwarding = NO_FORWARDING,

@@ -21,12 +21,13 @@ from extauthz.authn.apikeys import ApiKeyAuthenticator, KeyStore
 from extauthz.authn.authenticator import Authenticator, TokenAuthenticator
 from extauthz.authn.devices import DeviceRegistry, DeviceStore
 from extauthz.authn.dpop import NonceIssuer, ProofRules, ProofVerifier
-from extauthz.authn.jwt import JwksSource, JwtVerifier, TokenRules
+from extauthz.authn.jwks import JwksSource
+from extauthz.authn.jwt import JwtVerifier, TokenRules
 from extauthz.authn.mtls import CertificateVerifier, IdentityMap, MtlsAuthenticator, load_ca_bundle
 from extauthz.decisionlog import DecisionLog
 from extauthz.handler import CheckHandler
 from extauthz.limits.limiter import Limiter, LimiterConfig
-from extauthz.limits.throttle import AutoThreat, RefusedSources, ThreatWatcher, ThrottleStore
+from extauthz.limits.throttle import ThrottleStore
 from extauthz.persistence import warn_if_not_persistent
 from extauthz.policy.cache import DecisionCache
 from extauthz.policy.engine import PolicyEngine
@@ -35,6 +36,7 @@ from extauthz.policy.revision import RevisionWatcher
 from extauthz.policy.shadow import Shadow
 from extauthz.request import Forwarding
 from extauthz.settings import Settings
+from extauthz.threat import AutoThreat, RefusedSources, ThreatWatcher
 
 
 def key_pepper(settings: Settings) -> bytes:
@@ -176,6 +178,7 @@ class Service:
     redis: aioredis.Redis
     opa: OpaClient
     watcher: RevisionWatcher
+    threat: ThreatWatcher
     shadow: Shadow | None
     decision_log: DecisionLog
     limiter: Limiter
@@ -186,10 +189,11 @@ class Service:
         await self.opa.start()
         await self.watcher.poll_once()  # a cold cache and fallback table are ready at once
         self.watcher.start()
-        await self.limiter.start()  # the threat level, polled off the request path
+        await self.threat.poll_once()  # the threat level, polled off the request path too
+        self.threat.start()
 
     async def close(self) -> None:
-        await self.limiter.close()
+        await self.threat.stop()
         await self.watcher.stop()
         if self.shadow is not None:
             await self.shadow.drain()
@@ -243,13 +247,9 @@ def build_service(settings: Settings, worker_index: int = 0) -> Service:
     else:
         decision_log = DecisionLog(settings.decision_log)
     watcher.on_change = decision_log.note  # policy revisions go into the audit trail
+    threat = ThreatWatcher(redis, settings.threat_poll_interval, auto=auto_threat(settings, redis))
     limiter = Limiter(
-        redis,
-        settings.redis_timeout,
-        config=LimiterConfig.from_settings(settings),
-        threat=ThreatWatcher(
-            redis, settings.threat_poll_interval, auto=auto_threat(settings, redis)
-        ),
+        redis, settings.redis_timeout, config=LimiterConfig.from_settings(settings), threat=threat
     )
     handler = CheckHandler(
         Authenticator(
@@ -266,6 +266,7 @@ def build_service(settings: Settings, worker_index: int = 0) -> Service:
         redis=redis,
         opa=opa,
         watcher=watcher,
+        threat=threat,
         shadow=shadow,
         decision_log=decision_log,
         limiter=limiter,

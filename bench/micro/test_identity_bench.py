@@ -27,7 +27,8 @@ from bench.micro.conftest import bench_async
 from extauthz.authn.authenticator import TokenAuthenticator
 from extauthz.authn.devices import DeviceRegistry, DeviceStore
 from extauthz.authn.dpop import ProofRules, ProofVerifier
-from extauthz.authn.jwt import JwksSource, JwtVerifier, TokenRules
+from extauthz.authn.jwks import JwksSource
+from extauthz.authn.jwt import JwtVerifier, TokenRules
 from extauthz.dev.issuer import DevIssuer, make_proof, new_device_key
 from extauthz.request import parse_check_request
 from extauthz.settings import Settings

@@ -17,12 +17,14 @@ from bench.micro.conftest import bench_async
 from extauthz.authn.apikeys import ApiKeyAuthenticator, KeyStore
 from extauthz.decisionlog import DecisionLog
 from extauthz.handler import upstream_headers
+from extauthz.limits.config import LimiterConfig
 from extauthz.limits.limiter import Limiter
 from extauthz.policy.input import build_input
 from extauthz.policy.opa import OpaClient
 from extauthz.request import parse_check_request
 from extauthz.response import build_response
 from extauthz.settings import Settings
+from extauthz.threat import ThreatWatcher
 from extauthz.types import Decision, Principal, Reason, Status
 from extauthz.wiring import build_service, key_pepper, redis_client
 from tests.e2e.payloads import DIGITS
@@ -101,7 +103,8 @@ def test_authn_apikey_cache_miss_redis(benchmark, settings, redis, loop, api_key
 
 @pytest.fixture(scope="module")
 def jwt_setup(run_dir: Path, loop):  # type: ignore[no-untyped-def]
-    from extauthz.authn.jwt import JwksSource, JwtVerifier, TokenRules
+    from extauthz.authn.jwks import JwksSource
+    from extauthz.authn.jwt import JwtVerifier, TokenRules
     from extauthz.dev.issuer import DevIssuer, make_proof, new_device_key
 
     issuer = DevIssuer(run_dir / "dev-issuer", "bench-issuer", "extauthz")
@@ -174,16 +177,22 @@ def test_policy_decision_cache_hit(benchmark, opa, view, principal, loop) -> Non
 
 
 # ---- 4. state: the one Lua round trip
-def test_limits_lua_round_trip(benchmark, settings, redis, principal, policy, loop) -> None:  # type: ignore[no-untyped-def]
-    limiter = Limiter(redis, settings.redis_timeout)
-    result = bench_async(benchmark, loop, lambda: limiter.check(principal, policy.quota))
+def test_limits_lua_round_trip(benchmark, settings, redis, principal, policy, view, loop) -> None:  # type: ignore[no-untyped-def]
+    limiter = Limiter(
+        redis, settings.redis_timeout, config=LimiterConfig(), threat=ThreatWatcher(redis)
+    )
+    result = bench_async(
+        benchmark, loop, lambda: limiter.check(principal, policy.quota, view, policy)
+    )
     assert result.allowed
 
 
 # ---- 5. respond
 def test_response_build(benchmark, view, principal, policy, settings, redis, loop) -> None:  # type: ignore[no-untyped-def]
     limits = loop.run_until_complete(
-        Limiter(redis, settings.redis_timeout).check(principal, policy.quota)
+        Limiter(
+            redis, settings.redis_timeout, config=LimiterConfig(), threat=ThreatWatcher(redis)
+        ).check(principal, policy.quota, view, policy)
     )
     decision_id = uuid.uuid4().hex
     decision = Decision(

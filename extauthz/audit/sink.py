@@ -16,12 +16,11 @@ from typing import Any, Protocol
 
 import orjson
 
-WRITERS_KEY = "ea:{audit}:writers"
+from extauthz.store.schema import AUDIT_WRITERS, audit_last, audit_stream
+
+WRITERS_KEY = AUDIT_WRITERS
 OPS_WRITER = "ops"  # the chain of operator actions (the CLI appends to it directly)
-
-
-def stream_key(writer: str) -> str:
-    return f"ea:{{audit:{writer}}}:log"
+stream_key = audit_stream
 
 
 class Sink(Protocol):
@@ -69,7 +68,7 @@ return -1
 
 def append_keys(writer: str) -> list[str]:
     """The stream and its last-seq key (one hash tag: one Cluster slot)."""
-    return [stream_key(writer), f"ea:{{audit:{writer}}}:last"]
+    return [audit_stream(writer), audit_last(writer)]
 
 
 def _field(fields: dict[Any, Any], name: str) -> Any:

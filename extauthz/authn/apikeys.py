@@ -17,16 +17,13 @@ from redis.exceptions import RedisError
 
 from extauthz.cache import TTLCache
 from extauthz.clock import Clock, system_clock
+from extauthz.store.schema import KEY_INDEX, KeyFields, key_record_name
 from extauthz.types import Denied, Principal, Reason, Status
 
+F = KeyFields
 PREFIX = "eak_"
 _ID_HEX = 12
 _DUMMY_HASH = "0" * 64
-
-
-def key_record_name(key_id: str) -> str:
-    """Redis key of a key's record; its hash tag is shared with that key's counters."""
-    return f"ea:{{key:{key_id}}}:key"
 
 
 def hash_key(pepper: bytes, key: str) -> str:
@@ -67,16 +64,16 @@ class KeyRecord:
 
     def to_redis(self) -> dict[str, str]:
         return {
-            "cidrs": ",".join(self.cidrs),
-            "rotated_from": self.rotated_from,
-            "hash": self.key_hash,
-            "subject": self.subject,
-            "roles": ",".join(self.roles),
-            "projects": ",".join(self.projects),
-            "tier": self.tier,
-            "created": str(self.created),
-            "expires": str(self.expires),
-            "status": self.status,
+            F.CIDRS: ",".join(self.cidrs),
+            F.ROTATED_FROM: self.rotated_from,
+            F.HASH: self.key_hash,
+            F.SUBJECT: self.subject,
+            F.ROLES: ",".join(self.roles),
+            F.PROJECTS: ",".join(self.projects),
+            F.TIER: self.tier,
+            F.CREATED: str(self.created),
+            F.EXPIRES: str(self.expires),
+            F.STATUS: self.status,
         }
 
     @classmethod
@@ -84,16 +81,16 @@ class KeyRecord:
         f = {k.decode(): v.decode() for k, v in raw.items()}
         return cls(
             key_id=key_id,
-            key_hash=f.get("hash", ""),
-            subject=f.get("subject", ""),
-            roles=tuple(r for r in f.get("roles", "").split(",") if r),
-            projects=tuple(p for p in f.get("projects", "").split(",") if p),
-            tier=f.get("tier", ""),
-            created=int(f.get("created") or 0),
-            expires=int(f.get("expires") or 0),
-            status=f.get("status", "revoked"),
-            cidrs=tuple(c for c in f.get("cidrs", "").split(",") if c),
-            rotated_from=f.get("rotated_from", ""),
+            key_hash=f.get(F.HASH, ""),
+            subject=f.get(F.SUBJECT, ""),
+            roles=tuple(r for r in f.get(F.ROLES, "").split(",") if r),
+            projects=tuple(p for p in f.get(F.PROJECTS, "").split(",") if p),
+            tier=f.get(F.TIER, ""),
+            created=int(f.get(F.CREATED) or 0),
+            expires=int(f.get(F.EXPIRES) or 0),
+            status=f.get(F.STATUS, F.REVOKED),
+            cidrs=tuple(c for c in f.get(F.CIDRS, "").split(",") if c),
+            rotated_from=f.get(F.ROTATED_FROM, ""),
         )
 
 
@@ -141,7 +138,7 @@ class KeyStore:
             tier=tier,
             created=now,
             expires=now + expires_in if expires_in else 0,
-            status="active",
+            status=F.ACTIVE,
             cidrs=parse_cidrs(cidrs),
         )
         await self._put(record)
@@ -153,7 +150,7 @@ class KeyStore:
         """A new key for the same principal; the old one stays valid for `overlap` seconds
         more (or until its own expiry, if sooner). (old record, new record, new key) or None."""
         old = await self.get(key_id)
-        if old is None or old.status != "active":
+        if old is None or old.status != F.ACTIVE:
             return None
         now = int(self._clock())
         new_id, key = new_key()
@@ -168,7 +165,7 @@ class KeyStore:
         ends = now + overlap
         old = replace(old, expires=min(old.expires, ends) if old.expires else ends)
         await self._put(new)
-        await self._redis.hset(key_record_name(old.key_id), "expires", str(old.expires))
+        await self._redis.hset(key_record_name(old.key_id), F.EXPIRES, str(old.expires))
         return old, new, key
 
     async def _put(self, record: KeyRecord) -> None:
@@ -178,7 +175,7 @@ class KeyStore:
         # global), so no MULTI: the record first, then the index that `keys list` reads.
         async with self._redis.pipeline(transaction=False) as pipe:
             pipe.hset(name, mapping=record.to_redis())
-            pipe.sadd("ea:keys", key_id)
+            pipe.sadd(KEY_INDEX, key_id)
             await pipe.execute()
 
     async def get(self, key_id: str) -> KeyRecord | None:
@@ -189,11 +186,11 @@ class KeyStore:
         name = key_record_name(key_id)
         if not await self._redis.exists(name):
             return False
-        await self._redis.hset(name, "status", "revoked")
+        await self._redis.hset(name, F.STATUS, F.REVOKED)
         return True
 
     async def list(self) -> list[KeyRecord]:
-        ids = sorted(m.decode() for m in await self._redis.smembers("ea:keys"))
+        ids = sorted(m.decode() for m in await self._redis.smembers(KEY_INDEX))
         records = [await self.get(key_id) for key_id in ids]
         return [r for r in records if r is not None]
 
@@ -244,7 +241,7 @@ class ApiKeyAuthenticator:
             raise Denied(Status.UNAUTHENTICATED, Reason.UNKNOWN_KEY)
         if not matches:
             raise Denied(Status.UNAUTHENTICATED, Reason.BAD_KEY_SECRET)
-        if record.status != "active":
+        if record.status != F.ACTIVE:
             raise Denied(Status.UNAUTHENTICATED, Reason.KEY_REVOKED)
         if record.expires and record.expires <= self._clock():
             raise Denied(Status.UNAUTHENTICATED, Reason.KEY_EXPIRED)

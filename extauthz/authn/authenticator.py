@@ -21,7 +21,7 @@ from extauthz.authn.devices import DeviceRegistry
 from extauthz.authn.dpop import ProofVerifier, parse_origins, replay_key, request_uris
 from extauthz.authn.jwt import JwtVerifier, VerifiedToken
 from extauthz.authn.mtls import MtlsAuthenticator
-from extauthz.limits.keys import subject_tag
+from extauthz.store.schema import subject_tag
 from extauthz.types import Denied, Principal, Reason, RequestView, Status
 
 log = logging.getLogger(__name__)

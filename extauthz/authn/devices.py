@@ -17,18 +17,14 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from extauthz.authn.jwt import public_key_from_jwk
+from extauthz.authn.jwks import public_key_from_jwk
 from extauthz.cache import TTLCache
 from extauthz.clock import Clock, system_clock
-from extauthz.limits.keys import subject_tag
+from extauthz.store.schema import DEVICE_INDEX, DeviceFields, device_record_name
 from extauthz.types import NO_DEVICE, Denied, Device, Reason, Status
 
+F = DeviceFields
 TRUST_LEVELS = ("registered", "managed", "attested")  # weakest first; "none" below them all
-DEVICE_INDEX = "ea:devices"
-
-
-def device_record_name(subject: str, thumbprint: str) -> str:
-    return f"ea:{{{subject_tag(subject)}}}:dev:{thumbprint}"
 
 
 def thumbprint_of(jwk: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -51,26 +47,26 @@ class DeviceRecord:
 
     def to_redis(self) -> dict[str, str]:
         return {
-            "subject": self.subject,
-            "thumbprint": self.thumbprint,
-            "trust": self.trust,
-            "created": str(self.created),
-            "expires": str(self.expires),
-            "status": self.status,
-            "jwk": self.jwk,
+            F.SUBJECT: self.subject,
+            F.THUMBPRINT: self.thumbprint,
+            F.TRUST: self.trust,
+            F.CREATED: str(self.created),
+            F.EXPIRES: str(self.expires),
+            F.STATUS: self.status,
+            F.JWK: self.jwk,
         }
 
     @classmethod
     def from_redis(cls, raw: dict[bytes, bytes]) -> DeviceRecord:
         f = {k.decode(): v.decode() for k, v in raw.items()}
         return cls(
-            subject=f.get("subject", ""),
-            thumbprint=f.get("thumbprint", ""),
-            trust=f.get("trust", ""),
-            created=int(f.get("created") or 0),
-            expires=int(f.get("expires") or 0),
-            status=f.get("status", "revoked"),
-            jwk=f.get("jwk", ""),
+            subject=f.get(F.SUBJECT, ""),
+            thumbprint=f.get(F.THUMBPRINT, ""),
+            trust=f.get(F.TRUST, ""),
+            created=int(f.get(F.CREATED) or 0),
+            expires=int(f.get(F.EXPIRES) or 0),
+            status=f.get(F.STATUS, F.REVOKED),
+            jwk=f.get(F.JWK, ""),
         )
 
     def expired(self, now: float) -> bool:
@@ -100,7 +96,7 @@ class DeviceStore:
             trust=trust,
             created=now,
             expires=now + expires_in if expires_in else 0,
-            status="active",
+            status=F.ACTIVE,
             jwk=json.dumps(public, sort_keys=True),
         )
         name = device_record_name(subject, thumbprint)
@@ -131,7 +127,9 @@ class DeviceStore:
             if record.thumbprint != thumbprint or (subject and record.subject != subject):
                 continue
             await self._redis.hset(
-                device_record_name(record.subject, thumbprint), "status", "revoked"
+                device_record_name(record.subject, thumbprint),
+                F.STATUS,
+                F.REVOKED,
             )
             revoked += 1
         return revoked
@@ -170,7 +168,7 @@ class DeviceRegistry:
             self._cache.put((subject, thumbprint), record)
         if record is _NOT_ENROLLED or record.expired(self._clock()):
             return Device(thumbprint=thumbprint, trust=NO_DEVICE.trust)
-        if record.status != "active":
+        if record.status != F.ACTIVE:
             raise Denied(Status.UNAUTHENTICATED, Reason.DEVICE_REVOKED)
         trust = record.trust if record.trust in TRUST_LEVELS else NO_DEVICE.trust
         return Device(

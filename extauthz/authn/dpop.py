@@ -49,16 +49,16 @@ from joserfc import jws
 from joserfc.errors import JoseError
 from joserfc.jwk import Key
 
+from extauthz.authn.jwks import public_key_from_jwk
 from extauthz.authn.jwt import (
     AllowListRegistry,
     b64url,
     key_fits_alg,
-    public_key_from_jwk,
     verify_signature,
 )
 from extauthz.cache import TTLCache
 from extauthz.clock import Clock, system_clock
-from extauthz.limits.keys import subject_tag
+from extauthz.store import schema
 from extauthz.types import Denied, Reason, Status
 
 MAX_PROOF_BYTES = 4096
@@ -162,8 +162,7 @@ def request_uris(origins: tuple[str, ...], path: str) -> tuple[str, ...]:
 
 def replay_key(subject: str, proof: Proof) -> str:
     """Redis key remembering a proof's jti; shares the subject's hash tag (one Lua call)."""
-    digest = hashlib.sha256(f"{proof.jkt} {proof.jti}".encode()).hexdigest()[:32]
-    return f"ea:{{{subject_tag(subject)}}}:jti:{digest}"
+    return schema.replay_key(subject, proof.jkt, proof.jti)
 
 
 class ProofVerifier:

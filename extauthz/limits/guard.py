@@ -7,15 +7,26 @@ authentication (networks) or before OPA is asked (subjects)."""
 from __future__ import annotations
 
 import asyncio
-from importlib import resources
 from typing import Any
 
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from extauthz.clock import Clock
+from extauthz.limits.codec import (
+    AuthFailureArgs,
+    AuthFailureReply,
+    DenialPair,
+    PolicyDenialArgs,
+    PolicyDenialReply,
+    load_script,
+)
 from extauthz.limits.config import LimiterConfig
-from extauthz.limits.keys import (
+from extauthz.limits.known import KnownState
+from extauthz.limits.memory import OverLimitCache
+from extauthz.limits.plan import quarantined
+from extauthz.metrics import LIMITER_LOCAL, POLICY_DENIALS, QUARANTINES
+from extauthz.store.schema import (
     SUB_BUCKETS,
     auth_failure_key,
     policy_denial_key,
@@ -24,15 +35,7 @@ from extauthz.limits.keys import (
     source_prefix,
     subject_tag,
 )
-from extauthz.limits.known import KnownState
-from extauthz.limits.memory import OverLimitCache
-from extauthz.limits.plan import quarantined
-from extauthz.metrics import LIMITER_LOCAL, POLICY_DENIALS, QUARANTINES
 from extauthz.types import Principal, RequestView
-
-
-def load_lua(name: str) -> str:
-    return resources.files("extauthz.limits").joinpath("lua", name).read_text()
 
 
 class SourceGuard:
@@ -49,8 +52,8 @@ class SourceGuard:
         self._clock = clock
         self._config = config
         self._cluster = isinstance(redis, RedisCluster)
-        self._auth_failure = redis.register_script(load_lua("auth_failure.lua"))
-        self._policy_denial = redis.register_script(load_lua("policy_denial.lua"))
+        self._auth_failure = redis.register_script(load_script("auth_failure.lua"))
+        self._policy_denial = redis.register_script(load_script("policy_denial.lua"))
         self.local = local
         self.known = known
 
@@ -80,24 +83,24 @@ class SourceGuard:
         now = self._clock()
         prefix = self.source_of(view)
         qkey = quarantine_key(prefix_tag(prefix))
-        args = [
-            int(now * 1000),
-            c.auth_failure_limit,
-            c.auth_failure_window * 1000,
-            SUB_BUCKETS,
-            c.auth_failure_quarantine * 1000,
-            prefix,
-            f"auth_failures: more than {c.auth_failure_limit} in {c.auth_failure_window} s",
-        ]
+        keys, args = AuthFailureArgs(
+            counter=auth_failure_key(prefix, c.auth_failure_window),
+            flag=qkey,
+            now_ms=int(now * 1000),
+            limit=c.auth_failure_limit,
+            window_ms=c.auth_failure_window * 1000,
+            sub_buckets=SUB_BUCKETS,
+            quarantine_ms=c.auth_failure_quarantine * 1000,
+            prefix=prefix,
+            cause=f"auth_failures: more than {c.auth_failure_limit} in {c.auth_failure_window} s",
+        ).encode()
         try:
             async with asyncio.timeout(self._timeout):
-                blocked, value = await self._auth_failure(
-                    keys=[auth_failure_key(prefix, c.auth_failure_window), qkey], args=args
-                )
+                reply = AuthFailureReply.decode(await self._auth_failure(keys=keys, args=args))
         except (RedisError, OSError, TimeoutError):
             return  # the 401 stands; counting is best effort
-        if int(blocked):
-            until = now + int(value) / 1000
+        if reply.quarantined:
+            until = now + reply.value / 1000
             self.local.put(qkey, until, now)
             self.known.quarantine(qkey, until)
             QUARANTINES.labels("prefix").inc()
@@ -129,44 +132,47 @@ class SourceGuard:
         if not pairs:
             return
         now = self._clock()
-        keys: list[str] = []
-        args: list[Any] = [
-            int(now * 1000),
-            SUB_BUCKETS,
-            c.policy_denial_window * 1000,
-            c.policy_denial_quarantine * 1000,
-            f"policy_denials: more than the limit in {c.policy_denial_window} s",
-        ]
-        for tag, limit, kind, target in pairs:
-            keys += [policy_denial_key(tag, c.policy_denial_window), quarantine_key(tag)]
-            args += [limit, kind, target]
+        call = PolicyDenialArgs(
+            now_ms=int(now * 1000),
+            sub_buckets=SUB_BUCKETS,
+            window_ms=c.policy_denial_window * 1000,
+            quarantine_ms=c.policy_denial_quarantine * 1000,
+            cause=f"policy_denials: more than the limit in {c.policy_denial_window} s",
+            pairs=tuple(
+                DenialPair(
+                    policy_denial_key(tag, c.policy_denial_window),
+                    quarantine_key(tag),
+                    limit,
+                    kind,
+                    target,
+                )
+                for tag, limit, kind, target in pairs
+            ),
+        )
         try:
             async with asyncio.timeout(self._timeout):
                 if self._cluster:  # one call per pair: each pair shares its tag's slot
-                    replies = await asyncio.gather(
-                        *(
-                            self._policy_denial(
-                                keys=keys[2 * i : 2 * i + 2],
-                                args=args[:5] + args[5 + 3 * i : 8 + 3 * i],
-                            )
-                            for i in range(len(pairs))
-                        )
-                    )
-                    hits = [(i + 1, r) for i, r in enumerate(replies) if int(r[0])]
-                    blocked, value = (hits[0][0], hits[0][1][1]) if hits else (0, 0)
+                    replies = await asyncio.gather(*(self._deny(one) for one in call.split()))
+                    hits = [(i + 1, r) for i, r in enumerate(replies) if r.blocked]
+                    blocked, ms = (hits[0][0], hits[0][1].ms) if hits else (0, 0)
                 else:
-                    blocked, value = await self._policy_denial(keys=keys, args=args)
+                    reply = await self._deny(call)
+                    blocked, ms = reply.blocked, reply.ms
         except (RedisError, OSError, TimeoutError):
             POLICY_DENIALS.labels("error").inc()
             return  # the 403 stands; counting is best effort
-        if not int(blocked):
+        if not blocked:
             POLICY_DENIALS.labels("counted").inc()
             return
-        _, _, kind, _ = pairs[int(blocked) - 1]
-        qkey = keys[2 * int(blocked) - 1]
-        until = now + int(value) / 1000
+        pair = call.pairs[blocked - 1]
+        kind, qkey = pair.kind, pair.flag
+        until = now + ms / 1000
         self.local.put(qkey, until, now)
         self.known.quarantine(qkey, until)
         POLICY_DENIALS.labels("quarantined").inc()
         QUARANTINES.labels(kind).inc()
         raise quarantined(until - now, kind)
+
+    async def _deny(self, call: PolicyDenialArgs) -> PolicyDenialReply:
+        keys, args = call.encode()
+        return PolicyDenialReply.decode(await self._policy_denial(keys=keys, args=args))

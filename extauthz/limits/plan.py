@@ -1,6 +1,6 @@
 """One decision's plan for Redis: every key the state check reads or writes (credential and
 device state, quarantine flags, DPoP jti, risk, strikes, windows), how it splits into one call
-per Cluster slot, and the script's KEYS/ARGV. Pure: no I/O."""
+per Cluster slot, and the script's arguments (codec.CheckArgs). Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from typing import Any
 
 from redis.crc import key_slot
 
-from extauthz.limits.keys import (
+from extauthz.limits.codec import CheckArgs, CheckWindow, Strike
+from extauthz.store.schema import (
     OWN_DIMENSIONS,
     SUB_BUCKETS,
     counter_key,
@@ -49,7 +50,7 @@ class Call:
     blocks: list[int] = field(default_factory=list)  # indices into Plan.blocks
     singles: list[str] = field(default_factory=list)
     risk: str = ""
-    strike: tuple[str, str, str] | None = None
+    strike: Strike | None = None
     windows: list[int] = field(default_factory=list)  # indices into Plan.windows
 
 
@@ -61,7 +62,7 @@ class Plan:
     singles: list[str]
     single_ttl_ms: int
     risk: str
-    strike: tuple[str, str, str] | None  # strike counter, its guard, the quarantine flag
+    strike: Strike | None
     windows: list[PlanWindow]
 
 
@@ -72,14 +73,14 @@ def build_plan(
     quota: tuple[Window, ...],
     source: str,
     model: str,
-    policy: PolicyDecision | None,
+    policy: PolicyDecision,
 ) -> Plan:
     """Every key one decision reads or writes in Redis, and its windows scaled by the threat
     level (`c`: the LimiterConfig)."""
-    dims = dimension_values(principal, source, model, policy.project if policy else "")
+    dims = dimension_values(principal, source, model, policy.project)
     factor = 1.0
     if level != "normal":
-        table = dict(policy.throttle) if policy is not None and policy.throttle else {}
+        table = dict(policy.throttle) if policy.throttle else {}
         factor = table.get(level, c.threat_factors.get(level, 1.0))
     windows = []
     for w in quota:
@@ -102,7 +103,7 @@ def build_plan(
     strike = None
     if own and c.strikes > 0:
         strikes = strike_key(principal.subject)
-        strike = (strikes, strikes + ":guard", blocks[0][0])
+        strike = Strike(strikes, strikes + ":guard", blocks[0][0])
     return Plan(
         subject=principal.subject,
         state=state,
@@ -115,35 +116,27 @@ def build_plan(
     )
 
 
-def script_args(c: Any, plan: Plan, call: Call, now_ms: int) -> tuple[list[str], list[Any]]:
-    """KEYS and ARGV of check_and_consume.lua for one call (`c`: the LimiterConfig)."""
-    keys = [plan.state[i][0] for i in call.state]
-    keys += [plan.blocks[i][0] for i in call.blocks]
-    keys += call.singles
-    if call.risk:
-        keys.append(call.risk)
-    if call.strike:
-        keys.extend(call.strike)
-    args: list[Any] = [
-        now_ms,
-        len(call.state),
-        len(call.blocks),
-        len(call.singles),
-        plan.single_ttl_ms,
-        1 if call.risk else 0,
-        1 if call.strike else 0,
-        c.strikes,
-        c.strike_period * 1000,
-        c.strike_quarantine * 1000,
-        plan.subject,
-        f"strikes: over its limits {c.strikes} times in {c.strike_period} s",
-        SUB_BUCKETS,
-    ]
-    for i in call.windows:
-        w = plan.windows[i]
-        keys.append(w.key)
-        args.extend((w.window.limit, w.window.window * 1000, 1 if w.own else 0))
-    return keys, args
+def check_args(c: Any, plan: Plan, call: Call, now_ms: int) -> CheckArgs:
+    """The arguments of check_and_consume.lua for one call (`c`: the LimiterConfig)."""
+    return CheckArgs(
+        now_ms=now_ms,
+        state=[plan.state[i][0] for i in call.state],
+        blocks=[plan.blocks[i][0] for i in call.blocks],
+        singles=call.singles,
+        single_ttl_ms=plan.single_ttl_ms,
+        risk=call.risk,
+        strike=call.strike,
+        strikes=c.strikes,
+        strike_period_ms=c.strike_period * 1000,
+        quarantine_ms=c.strike_quarantine * 1000,
+        subject=plan.subject,
+        cause=f"strikes: over its limits {c.strikes} times in {c.strike_period} s",
+        sub_buckets=SUB_BUCKETS,
+        windows=[
+            CheckWindow(w.key, w.window.limit, w.window.window * 1000, w.own)
+            for w in [plan.windows[i] for i in call.windows]
+        ],
+    )
 
 
 def whole(plan: Plan) -> Call:
@@ -173,7 +166,7 @@ def by_slot(plan: Plan) -> list[Call]:
     if plan.risk:
         call(plan.risk).risk = plan.risk
     if plan.strike:
-        call(plan.strike[0]).strike = plan.strike
+        call(plan.strike.counter).strike = plan.strike
     for i, w in enumerate(plan.windows):
         call(w.key).windows.append(i)
     return list(calls.values())

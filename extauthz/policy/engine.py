@@ -7,16 +7,16 @@ from dataclasses import replace
 from extauthz.metrics import DEGRADED, FAIL_OPEN
 from extauthz.policy.cache import DecisionCache, canonical_input, input_digest
 from extauthz.policy.input import build_input
-from extauthz.policy.opa import OpaClient
 from extauthz.policy.revision import RevisionWatcher
 from extauthz.policy.shadow import Shadow
+from extauthz.stages import PolicyQuery
 from extauthz.types import Denied, PolicyDecision, Principal, RequestView, Status
 
 
 class PolicyEngine:
     def __init__(
         self,
-        opa: OpaClient,
+        opa: PolicyQuery,
         watcher: RevisionWatcher,
         cache: DecisionCache,
         shadow: Shadow | None = None,

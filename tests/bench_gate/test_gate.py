@@ -76,7 +76,8 @@ def test_gate_passes_against_the_committed_baseline(h2load: None) -> None:
 @pytest.mark.e2e
 @pytest.mark.parametrize("delay_us", [1000, 300])
 def test_gate_fails_on_an_injected_slowdown(h2load: None, delay_us: int) -> None:
-    """extauthz started with `delay_us` of CPU burnt per Check (bench/slowdown.py, tests only)."""
+    """extauthz with a fixed amount of extra work in every Check, `delay_us` of CPU on the reference
+    machine and the same share of a Check on any other (bench/slowdown.py, tests only)."""
     measured = gate.measure(extauthz_delay_us=delay_us)
     verdict = gate.compare(measured["ratios"], gate.load_baseline())
     assert not verdict.ok, f"the gate did not notice {delay_us} µs per Check:\n" + "\n".join(

@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 
 from extauthz.authn.apikeys import KeyStore
 from extauthz.dev.devstack import Stack
-from extauthz.limits.throttle import AutoThreat, RefusedSources, ThreatWatcher, ThrottleStore
+from extauthz.limits.throttle import ThrottleStore
+from extauthz.threat import AutoThreat, RefusedSources, ThreatWatcher
 from extauthz.wiring import build_service, key_pepper
 from tests.e2e.payloads import DIGITS
 from tests.integration.conftest import Clock
@@ -129,9 +130,9 @@ async def test_unauthenticated_and_quarantined_traffic_does_not_move_it(
             codes.add((await service.handler.check(req)).denied_response.status.code)
         assert codes == {401, 429}  # stuffing, then the quarantined network
         await asyncio.sleep(1.1)
-        await service.limiter.threat.poll_once()
+        await service.threat.poll_once()
         assert (await store.threat()).level == "normal"
-        assert service.limiter.threat.level == "normal"
+        assert service.threat.level == "normal"
     finally:
         await service.close()
         await store.clear_threat()

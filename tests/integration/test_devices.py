@@ -12,10 +12,12 @@ from joserfc.jwk import ECKey
 
 from extauthz.authn.devices import DeviceRegistry, DeviceStore, device_record_name
 from extauthz.authn.dpop import Proof, replay_key
-from extauthz.limits.keys import subject_tag
-from extauthz.limits.limiter import Limiter
+from extauthz.limits.limiter import Limiter, LimiterConfig
+from extauthz.store.schema import subject_tag
+from extauthz.threat import ThreatWatcher
 from extauthz.types import Denied, Device, Principal, Reason, Status, Window
 from tests.integration.conftest import Clock
+from tests.integration.test_limiter import anywhere
 
 pytestmark = pytest.mark.integration
 
@@ -92,15 +94,21 @@ async def test_revocation_is_immediate_even_while_cached(
 ) -> None:
     store = DeviceStore(redis, clock=clock)
     registry = DeviceRegistry(store, cache_ttl=300, clock=clock)
-    limiter = Limiter(redis, timeout=2, clock=clock)
+    limiter = Limiter(
+        redis,
+        timeout=2,
+        clock=clock,
+        config=LimiterConfig(),
+        threat=ThreatWatcher(redis, clock=clock),
+    )
     sub, key = subject(), ECKey.generate_key("P-256")
     await store.enroll(sub, key.as_dict(), "managed")
     device = await registry.lookup(sub, key.thumbprint())
-    assert (await limiter.check(principal(sub, device, "j1"), MINUTE5)).allowed
+    assert (await limiter.check(principal(sub, device, "j1"), MINUTE5, *anywhere(MINUTE5))).allowed
     assert await store.revoke(key.thumbprint()) == 1
     cached = await registry.lookup(sub, key.thumbprint())  # still cached as active
     with pytest.raises(Denied) as info:
-        await limiter.check(principal(sub, cached, "j2"), MINUTE5)
+        await limiter.check(principal(sub, cached, "j2"), MINUTE5, *anywhere(MINUTE5))
     assert info.value.status is Status.UNAUTHENTICATED
     assert info.value.reason is Reason.DEVICE_REVOKED
     # once the cache expires, the lookup itself refuses
@@ -114,17 +122,23 @@ async def test_a_replayed_jti_is_refused_in_the_same_call(
     redis: aioredis.Redis, clock: Clock
 ) -> None:
     store = DeviceStore(redis, clock=clock)
-    limiter = Limiter(redis, timeout=2, clock=clock)
+    limiter = Limiter(
+        redis,
+        timeout=2,
+        clock=clock,
+        config=LimiterConfig(),
+        threat=ThreatWatcher(redis, clock=clock),
+    )
     sub, key = subject(), ECKey.generate_key("P-256")
     await store.enroll(sub, key.as_dict(), "managed")
     device = await DeviceRegistry(store, clock=clock).lookup(sub, key.thumbprint())
-    first = await limiter.check(principal(sub, device, "jti-1"), MINUTE5)
+    first = await limiter.check(principal(sub, device, "jti-1"), MINUTE5, *anywhere(MINUTE5))
     assert first.allowed and first.windows[0].remaining == 4
     with pytest.raises(Denied) as info:
-        await limiter.check(principal(sub, device, "jti-1"), MINUTE5)
+        await limiter.check(principal(sub, device, "jti-1"), MINUTE5, *anywhere(MINUTE5))
     assert info.value.reason is Reason.DPOP_REPLAY
     # the replay consumed no quota; a fresh proof is admitted
-    again = await limiter.check(principal(sub, device, "jti-2"), MINUTE5)
+    again = await limiter.check(principal(sub, device, "jti-2"), MINUTE5, *anywhere(MINUTE5))
     assert again.allowed and again.windows[0].remaining == 3
     # the jti is remembered for the acceptance window (TTL set in the same call)
     name = replay_key(sub, Proof(key.thumbprint(), "jti-1", 0))
@@ -134,28 +148,42 @@ async def test_a_replayed_jti_is_refused_in_the_same_call(
 async def test_a_rate_limited_proof_is_spent_all_the_same(
     redis: aioredis.Redis, clock: Clock
 ) -> None:
-    limiter = Limiter(redis, timeout=2, clock=clock)
+    limiter = Limiter(
+        redis,
+        timeout=2,
+        clock=clock,
+        config=LimiterConfig(),
+        threat=ThreatWatcher(redis, clock=clock),
+    )
     sub = subject()
     device = Device(thumbprint="jkt", trust="none")  # not enrolled: no state key
     one = (Window("minute", 1, 60),)
-    assert (await limiter.check(principal(sub, device, "a"), one)).allowed
-    limited = await limiter.check(principal(sub, device, "b"), one)
+    assert (await limiter.check(principal(sub, device, "a"), one, *anywhere(one))).allowed
+    limited = await limiter.check(principal(sub, device, "b"), one, *anywhere(one))
     assert not limited.allowed and limited.reason is Reason.RATE_LIMITED
     with pytest.raises(Denied) as info:
-        await limiter.check(principal(sub, device, "b"), one)
+        await limiter.check(principal(sub, device, "b"), one, *anywhere(one))
     assert info.value.reason is Reason.DPOP_REPLAY
 
 
 async def test_one_redis_call_per_dpop_decision(redis: aioredis.Redis, clock: Clock) -> None:
     store = DeviceStore(redis, clock=clock)
-    limiter = Limiter(redis, timeout=2, clock=clock)
+    limiter = Limiter(
+        redis,
+        timeout=2,
+        clock=clock,
+        config=LimiterConfig(),
+        threat=ThreatWatcher(redis, clock=clock),
+    )
     sub, key = subject(), ECKey.generate_key("P-256")
     await store.enroll(sub, key.as_dict(), "managed")
     device = await DeviceRegistry(store, clock=clock).lookup(sub, key.thumbprint())
-    await limiter.check(principal(sub, device, "warm"), MINUTE5)  # script loaded
+    await limiter.check(
+        principal(sub, device, "warm"), MINUTE5, *anywhere(MINUTE5)
+    )  # script loaded
     before = await redis.info("commandstats")
     for i in range(3):
-        await limiter.check(principal(sub, device, f"j{i}"), MINUTE5)
+        await limiter.check(principal(sub, device, f"j{i}"), MINUTE5, *anywhere(MINUTE5))
     after = await redis.info("commandstats")
     calls = {k: after[k]["calls"] - before.get(k, {"calls": 0})["calls"] for k in after}
     assert calls.get("cmdstat_evalsha") == 3

@@ -17,10 +17,11 @@ from redis.crc import key_slot
 from extauthz.authn.apikeys import key_record_name
 from extauthz.authn.devices import device_record_name
 from extauthz.dev.devstack import Stack
-from extauthz.limits.keys import device_tag, prefix_tag, source_prefix, subject_tag
 from extauthz.limits.limiter import Limiter, LimiterConfig
 from extauthz.limits.throttle import ThrottleStore
 from extauthz.settings import Settings
+from extauthz.store.schema import device_tag, prefix_tag, source_prefix, subject_tag
+from extauthz.threat import ThreatWatcher
 from extauthz.types import (
     Denied,
     Device,
@@ -54,7 +55,13 @@ async def redis(request: pytest.FixtureRequest, stack: Stack) -> AsyncIterator[A
 
 
 def limiter(redis: Any, clock: Clock, **config: Any) -> Limiter:
-    return Limiter(redis, timeout=2, clock=clock, config=LimiterConfig(**config))
+    return Limiter(
+        redis,
+        timeout=2,
+        clock=clock,
+        config=LimiterConfig(**config),
+        threat=ThreatWatcher(redis, clock=clock),
+    )
 
 
 async def principal(
@@ -95,6 +102,11 @@ def policy(quota: tuple[Window, ...], fail_mode: str = "closed") -> PolicyDecisi
     )
 
 
+def anywhere(quota: tuple[Window, ...]) -> tuple[RequestView, PolicyDecision]:
+    """A request from a network no other test uses, under a policy that only sets `quota`."""
+    return view(fresh_net()), PolicyDecision(True, 200, "ok", quota)
+
+
 def fresh_net() -> str:
     """A source address in a /24 no other test uses."""
     return f"10.{secrets.randbelow(250) + 1}.{secrets.randbelow(250) + 1}.7"
@@ -112,12 +124,12 @@ async def test_admits_up_to_the_limit_then_denies(redis: Any, clock: Clock) -> N
     p = await principal(redis)
     remaining = []
     for _ in range(5):
-        result = await lim.check(p, MINUTE5)
+        result = await lim.check(p, MINUTE5, *anywhere(MINUTE5))
         assert result.allowed
         remaining.append(result.windows[0].remaining)
         clock.now += 1
     assert remaining == [4, 3, 2, 1, 0]
-    denied = await lim.check(p, MINUTE5)
+    denied = await lim.check(p, MINUTE5, *anywhere(MINUTE5))
     assert not denied.allowed and denied.reason is Reason.RATE_LIMITED
     assert denied.retry_after > 0
 
@@ -161,14 +173,14 @@ async def test_retry_after_is_exactly_when_room_returns(redis: Any, clock: Clock
     p = await principal(redis)
     clock.now += 20  # 20 s into a minute
     for _ in range(5):
-        assert (await lim.check(p, MINUTE5)).allowed
-    denied = await lim.check(p, MINUTE5)
+        assert (await lim.check(p, MINUTE5, *anywhere(MINUTE5))).allowed
+    denied = await lim.check(p, MINUTE5, *anywhere(MINUTE5))
     assert not denied.allowed
     start = clock.now
     clock.now = start + denied.retry_after - 1
-    assert not (await lim.check(p, MINUTE5)).allowed
+    assert not (await lim.check(p, MINUTE5, *anywhere(MINUTE5))).allowed
     clock.now = start + denied.retry_after
-    assert (await lim.check(p, MINUTE5)).allowed
+    assert (await lim.check(p, MINUTE5, *anywhere(MINUTE5))).allowed
 
 
 async def test_no_trailing_window_ever_holds_more_than_the_limit(redis: Any, clock: Clock) -> None:
@@ -180,7 +192,7 @@ async def test_no_trailing_window_ever_holds_more_than_the_limit(redis: Any, clo
     admitted = []
     clock.now += 50
     for _ in range(400):  # 0.25 s apart for 100 s
-        if (await lim.check(p, window)).allowed:
+        if (await lim.check(p, window, *anywhere(window))).allowed:
             admitted.append(clock.now)
         clock.now += 0.25
     assert len(admitted) >= 10
@@ -192,10 +204,16 @@ async def test_burst_and_sustained_windows(redis: Any, clock: Clock) -> None:
     lim = limiter(redis, clock, local_cache_size=0)
     p = await principal(redis)
     quota = (Window("second", 3, 1), Window("minute", 5, 60))
-    assert [(await lim.check(p, quota)).allowed for _ in range(4)] == [True] * 3 + [False]
+    assert [(await lim.check(p, quota, *anywhere(quota))).allowed for _ in range(4)] == [
+        True
+    ] * 3 + [False]
     clock.now += 1.5  # the burst window has room again; the minute holds 3 of 5
-    assert [(await lim.check(p, quota)).allowed for _ in range(3)] == [True, True, False]
-    result = await lim.check(p, quota)
+    assert [(await lim.check(p, quota, *anywhere(quota))).allowed for _ in range(3)] == [
+        True,
+        True,
+        False,
+    ]
+    result = await lim.check(p, quota, *anywhere(quota))
     assert result.windows[1].remaining == 0 and not result.allowed
 
 
@@ -274,13 +292,15 @@ async def test_project_windows_count_the_models_project(redis: Any, clock: Clock
 async def test_revoked_credential_is_refused_in_the_same_call(redis: Any, clock: Clock) -> None:
     lim = limiter(redis, clock)
     p = await principal(redis)
-    assert (await lim.check(p, MINUTE5)).allowed
+    assert (await lim.check(p, MINUTE5, *anywhere(MINUTE5))).allowed
     await redis.hset(p.state_key, "status", "revoked")
     with pytest.raises(Denied) as info:
-        await lim.check(p, MINUTE5)
+        await lim.check(p, MINUTE5, *anywhere(MINUTE5))
     assert info.value.status is Status.UNAUTHENTICATED and info.value.reason is Reason.KEY_REVOKED
     await redis.hset(p.state_key, "status", "active")
-    assert (await lim.check(p, MINUTE5)).windows[0].remaining == 3  # the refusal was free
+    assert (await lim.check(p, MINUTE5, *anywhere(MINUTE5))).windows[
+        0
+    ].remaining == 3  # the refusal was free
 
 
 async def test_missing_credential_record_is_refused(redis: Any, clock: Clock) -> None:
@@ -288,7 +308,7 @@ async def test_missing_credential_record_is_refused(redis: Any, clock: Clock) ->
     p = await principal(redis)
     await redis.delete(p.state_key)  # e.g. Redis lost its data
     with pytest.raises(Denied):
-        await lim.check(p, MINUTE5)
+        await lim.check(p, MINUTE5, *anywhere(MINUTE5))
 
 
 async def test_a_replayed_dpop_proof_is_refused_in_the_same_call(redis: Any, clock: Clock) -> None:
@@ -330,13 +350,13 @@ async def test_a_subject_over_its_limits_repeatedly_is_quarantined(
     p = await principal(redis)
     quota = (Window("second", 1, 1),)
     for episode in range(3):  # three episodes: over the limit, then room comes back
-        assert (await lim.check(p, quota)).allowed
+        assert (await lim.check(p, quota, *anywhere(quota))).allowed
         for _ in range(3):  # retrying too early within one episode is one strike
-            reason = (await lim.check(p, quota)).reason
+            reason = (await lim.check(p, quota, *anywhere(quota))).reason
             assert reason is Reason.RATE_LIMITED or episode == 2
             clock.now += 0.01
         clock.now += 1.2
-    denied = await lim.check(p, quota)
+    denied = await lim.check(p, quota, *anywhere(quota))
     assert denied.reason is Reason.QUARANTINED and denied.retry_after > 800
     entries = {q["target"]: q for q in await ThrottleStore(redis).quarantines()}
     assert entries[p.subject]["by"] == "auto" and "strikes" in entries[p.subject]["cause"]
@@ -463,13 +483,13 @@ async def test_the_local_cache_keeps_a_flood_away_from_redis(redis: Any, clock: 
     lim = limiter(redis, clock)
     p = await principal(redis)
     for _ in range(5):
-        assert (await lim.check(p, MINUTE5)).allowed
-    first = await lim.check(p, MINUTE5)
+        assert (await lim.check(p, MINUTE5, *anywhere(MINUTE5))).allowed
+    first = await lim.check(p, MINUTE5, *anywhere(MINUTE5))
     assert not first.allowed
     before = await _commandstats(redis)
     retries = []
     for _ in range(100):
-        denied = await lim.check(p, MINUTE5)
+        denied = await lim.check(p, MINUTE5, *anywhere(MINUTE5))
         assert not denied.allowed and denied.detail == "window minute (local)"
         retries.append(denied.retry_after)
         clock.now += 0.01
@@ -478,7 +498,7 @@ async def test_the_local_cache_keeps_a_flood_away_from_redis(redis: Any, clock: 
     assert retries[0] == first.retry_after and retries[-1] >= first.retry_after - 1
     # past the entry's trusted age the next request asks Redis again (and is still denied)
     clock.now += 2
-    assert (await lim.check(p, MINUTE5)).detail == "window minute"
+    assert (await lim.check(p, MINUTE5, *anywhere(MINUTE5))).detail == "window minute"
 
 
 # ------------------------------------------------------------------ Redis outage
@@ -488,7 +508,9 @@ async def test_redis_unreachable_fails_closed_unless_the_model_is_fail_open(
     clock: Clock,
 ) -> None:
     dead = redis_client(Settings(redis_url="redis://127.0.0.1:1/0", redis_timeout=0.2))
-    lim = Limiter(dead, timeout=0.2, clock=clock)
+    lim = Limiter(
+        dead, timeout=0.2, clock=clock, config=LimiterConfig(), threat=ThreatWatcher(dead)
+    )
     # a JWT: no key or device state to vouch for (test_redis_fallback.py covers those)
     p = Principal("a", (), (), "t", "jwt", "x")
     with pytest.raises(Denied) as info:
@@ -507,7 +529,9 @@ async def test_a_hung_redis_never_holds_a_decision_past_the_budget(clock: Clock)
     server = await asyncio.start_server(lambda r, w: asyncio.sleep(3600), "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     hung = redis_client(Settings(redis_url=f"redis://127.0.0.1:{port}/0", redis_timeout=0.15))
-    lim = Limiter(hung, timeout=0.15, clock=clock)
+    lim = Limiter(
+        hung, timeout=0.15, clock=clock, config=LimiterConfig(), threat=ThreatWatcher(hung)
+    )
     p = Principal("a", (), (), "t", "jwt", "x")
     for fail_mode in ("closed", "open"):
         started = time.perf_counter()

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from extauthz.dev.devstack import Stack
 from extauthz.limits.limiter import Limiter, LimiterConfig
 from extauthz.limits.throttle import ThrottleStore
+from extauthz.threat import ThreatWatcher
 from extauthz.types import Denied, Principal, Reason, Status
 from extauthz.wiring import redis_client
 from tests.integration.conftest import Clock
@@ -95,7 +96,13 @@ async def outage(stack: Stack) -> AsyncIterator[tuple[Proxy, aioredis.Redis]]:
 
 
 def limiter(client: aioredis.Redis, clock: Clock, **config: Any) -> Limiter:
-    return Limiter(client, timeout=0.5, clock=clock, config=LimiterConfig(**config))
+    return Limiter(
+        client,
+        timeout=0.5,
+        clock=clock,
+        config=LimiterConfig(**config),
+        threat=ThreatWatcher(client, clock=clock),
+    )
 
 
 async def refused(lim: Limiter, p: Principal) -> Denied:

@@ -9,7 +9,8 @@ from joserfc.jwk import ECKey, Key
 
 from extauthz.authn.authenticator import Authenticator, TokenAuthenticator
 from extauthz.authn.dpop import ProofRules, ProofVerifier
-from extauthz.authn.jwt import JwksSource, JwtVerifier, TokenRules
+from extauthz.authn.jwks import JwksSource
+from extauthz.authn.jwt import JwtVerifier, TokenRules
 from extauthz.dev.issuer import DevIssuer, make_proof
 from extauthz.request import parse_check_request
 from extauthz.response import build_response, challenge

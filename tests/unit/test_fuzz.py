@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 from extauthz.authn.apikeys import ApiKeyAuthenticator, KeyRecord, hash_key, new_key
 from extauthz.authn.authenticator import CREDENTIAL_HEADERS, Authenticator, TokenAuthenticator
 from extauthz.authn.dpop import ProofRules, ProofVerifier
-from extauthz.authn.jwt import JwksSource, JwtVerifier, TokenRules
+from extauthz.authn.jwks import JwksSource
+from extauthz.authn.jwt import JwtVerifier, TokenRules
 from extauthz.dev.issuer import DevIssuer
 from extauthz.handler import CheckHandler
 from extauthz.response import BODIES, UPSTREAM_PREFIX

@@ -10,6 +10,7 @@ from extauthz.handler import CheckHandler
 from extauthz.policy.input import build_input
 from extauthz.response import BODIES
 from extauthz.types import (
+    Decision,
     Denied,
     LimitResult,
     PolicyDecision,
@@ -65,7 +66,7 @@ class FakeLimiter:
         self.observed: list[int] = []
         self.policy_denials = 0
 
-    def observe(self, decision: Any, view: RequestView) -> None:
+    def observe(self, decision: Decision, view: RequestView) -> None:
         self.observed.append(int(decision.status))
 
     def admit(self, principal: Principal) -> None:
@@ -84,7 +85,11 @@ class FakeLimiter:
             raise self.on_auth_failure
 
     async def check(
-        self, principal: Principal, quota: tuple[Window, ...], view: Any = None, policy: Any = None
+        self,
+        principal: Principal,
+        quota: tuple[Window, ...],
+        view: RequestView,
+        policy: PolicyDecision,
     ) -> LimitResult:
         self.calls += 1
         if isinstance(self.result, Exception):
@@ -94,9 +99,9 @@ class FakeLimiter:
 
 class FakeLog:
     def __init__(self) -> None:
-        self.records: list[tuple[RequestView, Any]] = []
+        self.records: list[tuple[RequestView, Decision]] = []
 
-    def record(self, view: RequestView, decision: Any, duration_ns: int) -> None:
+    def record(self, view: RequestView, decision: Decision, duration_ns: int) -> None:
         self.records.append((view, decision))
 
 
@@ -110,7 +115,7 @@ def handler(authn=None, policy=None, limiter=None):  # type: ignore[no-untyped-d
         FakeAuthn(ALICE) if authn is None else authn,
         FakePolicy(ALLOW) if policy is None else policy,
         FakeLimiter(ADMIT) if limiter is None else limiter,
-        log,  # type: ignore[arg-type]
+        log,
         max_body_bytes=1024,
     )
     return h, log

@@ -15,7 +15,8 @@ from joserfc import jwt
 from joserfc.jwk import ECKey, Key, OKPKey, RSAKey
 
 from extauthz.authn import jwt as jwtmod
-from extauthz.authn.jwt import JwksSource, JwtVerifier, TokenRules, parse_jwks
+from extauthz.authn.jwks import JwksSource, parse_jwks
+from extauthz.authn.jwt import JwtVerifier, TokenRules
 from extauthz.types import Denied, Reason, Status
 
 NOW = 1_800_000_000

@@ -7,14 +7,14 @@ import random
 
 import pytest
 
-from extauthz.limits.keys import (
+from extauthz.limits.memory import MemoryWindows, OverLimitCache, evaluate
+from extauthz.limits.throttle import parse_factors, prefix_of
+from extauthz.store.schema import (
     counter_key,
     dimension_values,
     source_prefix,
     subject_tag,
 )
-from extauthz.limits.memory import MemoryWindows, OverLimitCache, evaluate
-from extauthz.limits.throttle import parse_factors, prefix_of
 from extauthz.types import Device, Principal, Window
 
 ALICE = Principal("alice", (), (), "standard", "api_key", "k1", "ea:{key:k1}:key")

@@ -1,3 +1,4 @@
+-- Hash field names are $${kind_field}, rendered from extauthz/store/schema.py at load time.
 -- A failed authentication from a source prefix, in one call: count it in the prefix's failure
 -- window (sub-buckets, as check_and_consume.lua) and, past the limit, quarantine the prefix.
 --
@@ -30,9 +31,10 @@ if #stale > 0 then redis.call('HDEL', KEYS[1], unpack(stale)) end
 redis.call('PEXPIRE', KEYS[1], len + size + 1000)
 if used > limit then
   local q = tonumber(ARGV[5])
-  redis.call('HSET', KEYS[2], 'kind', 'prefix', 'target', ARGV[6], 'cause', ARGV[7],
-    'by', 'auto', 'set_at', string.format('%d', now / 1000),
-    'until', string.format('%d', (now + q) / 1000))
+  redis.call('HSET', KEYS[2], '${quarantine_kind}', 'prefix', '${quarantine_target}', ARGV[6],
+    '${quarantine_cause}', ARGV[7], '${quarantine_by}', 'auto',
+    '${quarantine_set_at}', string.format('%d', now / 1000),
+    '${quarantine_until}', string.format('%d', (now + q) / 1000))
   redis.call('PEXPIRE', KEYS[2], q)
   return {1, q}
 end

@@ -1,13 +1,14 @@
+-- Hash field names are $${kind_field}, rendered from extauthz/store/schema.py at load time.
 -- One decision's state check in one call (on Redis Cluster: its part in one slot). Credentials
 -- still active, nothing quarantined, single-use values (DPoP proof jtis) never seen before,
 -- every window has room; only if all pass are the windows' counters incremented (a deny
 -- consumes nothing).
 --
 -- KEYS, in this order:
---   S state hashes whose field "status" must equal "active"
+--   S state hashes (records) whose status field must say active
 --   B quarantine flags that must not exist
 --   R single-use keys: set if absent with a TTL; present = replay
---   [1 risk hash of the subject: field "multiplier"]           if ARGV[6] == "1"
+--   [1 risk hash of the subject: its multiplier field]           if ARGV[6] == "1"
 --   [strike counter, strike guard, quarantine flag of the subject]   if ARGV[7] == "1"
 --   W window counters: hashes of sub-bucket index -> count
 -- ARGV:
@@ -47,7 +48,7 @@ local k = tonumber(ARGV[13])
 local FIRST = 13
 
 for j = 1, nstate do
-  if redis.call('HGET', KEYS[j], 'status') ~= 'active' then
+  if redis.call('HGET', KEYS[j], '${record_status}') ~= '${record_active}' then
     return {-1, j, 0}
   end
 end
@@ -72,7 +73,7 @@ i = i + nsingle
 local risk = 1
 if ARGV[6] == '1' then
   i = i + 1
-  local r = tonumber(redis.call('HGET', KEYS[i], 'multiplier') or '1')
+  local r = tonumber(redis.call('HGET', KEYS[i], '${risk_multiplier}') or '1')
   if r and r > 0 then risk = r end
 end
 local strike_key, guard_key, quarantine_key
@@ -147,9 +148,10 @@ if denied then
     if n == 1 then redis.call('PEXPIRE', strike_key, tonumber(ARGV[9])) end
     if n >= tonumber(ARGV[8]) then
       local ttl = tonumber(ARGV[10])
-      redis.call('HSET', quarantine_key, 'kind', 'subject', 'target', ARGV[11],
-        'cause', ARGV[12], 'by', 'auto', 'set_at', string.format('%d', now / 1000),
-        'until', string.format('%d', (now + ttl) / 1000))
+      redis.call('HSET', quarantine_key, '${quarantine_kind}', 'subject',
+        '${quarantine_target}', ARGV[11], '${quarantine_cause}', ARGV[12], '${quarantine_by}', 'auto',
+        '${quarantine_set_at}', string.format('%d', now / 1000),
+        '${quarantine_until}', string.format('%d', (now + ttl) / 1000))
       redis.call('PEXPIRE', quarantine_key, ttl)
       redis.call('DEL', strike_key)
       quarantined = 1

@@ -1,3 +1,4 @@
+-- Hash field names are $${kind_field}, rendered from extauthz/store/schema.py at load time.
 -- Policy denials (403) of a subject and of a source prefix, in one call: each pair is a
 -- failure counter (sub-buckets, as check_and_consume.lua) and the quarantine flag of the same
 -- tag. If a flag is already set, nothing is counted; otherwise the denial counts in every
@@ -39,9 +40,10 @@ for p = 1, npairs do
   if #stale > 0 then redis.call('HDEL', counter, unpack(stale)) end
   redis.call('PEXPIRE', counter, len + size + 1000)
   if used > limit then
-    redis.call('HSET', flag, 'kind', ARGV[4 + 3 * p], 'target', ARGV[5 + 3 * p],
-      'cause', ARGV[5], 'by', 'auto', 'set_at', string.format('%d', now / 1000),
-      'until', string.format('%d', (now + q) / 1000))
+    redis.call('HSET', flag, '${quarantine_kind}', ARGV[4 + 3 * p],
+      '${quarantine_target}', ARGV[5 + 3 * p], '${quarantine_cause}', ARGV[5], '${quarantine_by}', 'auto',
+      '${quarantine_set_at}', string.format('%d', now / 1000),
+      '${quarantine_until}', string.format('%d', (now + q) / 1000))
     redis.call('PEXPIRE', flag, q)
     if blocked == 0 then blocked = p end
   end
