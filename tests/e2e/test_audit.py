@@ -358,3 +358,26 @@ def test_a_policy_edit_is_audited_with_what_changed(stack: Stack, store) -> None
     assert edit["changed"] == ["data:extauthz"] and not edit["added"] and not edit["removed"]
     assert wait_for(lambda: len(revisions()) >= 2, timeout=15)  # the revert, too
     assert verify(stack).returncode == 0
+
+
+def test_tampering_with_the_central_store_is_named(stack: Stack, store) -> None:  # type: ignore[no-untyped-def]
+    """Last in this module: it rewrites the ops chain in Redis, as someone with write access
+    to the store might, and then deletes it."""
+    cli(stack, "quarantine", "add", "--subject", "store-probe", "--ttl", "60", "--cause", "probe")
+    assert verify(stack).returncode == 0
+    key = "ea:{audit:ops}:log"
+    entries = store.xrange(key)
+    entry_id, fields = entries[0]
+    lines = fields[b"r"].splitlines()
+    seq = json.loads(lines[0])["seq"]
+    lines[0] = lines[0].replace(b'"outcome":"ok"', b'"outcome":"refused"')
+    store.delete(key)
+    for eid, f in entries:
+        data = b"\n".join(lines) + b"\n" if eid == entry_id else f[b"r"]
+        store.xadd(key, {"r": data, "n": f[b"n"]}, id=eid)
+    edited = verify(stack)
+    assert edited.returncode == 1
+    assert f"FAILED broken_link: writer ops seq {seq}:" in edited.stdout
+    store.delete(key)
+    gone = verify(stack)
+    assert gone.returncode == 1 and "FAILED missing_stream: writer ops" in gone.stdout
