@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 
 from extauthz.audit.chain import load_signing_key
 from extauthz.audit.spool import Spool
-from extauthz.audit.writer import AuditWriter
+from extauthz.audit.writer import AuditWriter, adopt_orphans
 from extauthz.authn.apikeys import ApiKeyAuthenticator, KeyStore
 from extauthz.authn.authenticator import Authenticator, TokenAuthenticator
 from extauthz.authn.devices import DeviceRegistry, DeviceStore
@@ -155,13 +155,19 @@ def shipper_env(settings: Settings) -> dict[str, str]:
 
 
 def audit_writer(settings: Settings, worker_index: int = 0) -> AuditWriter:
-    """Worker `worker_index`'s chain: spool <audit_dir>/w<index>, shipped to the sink."""
+    """Worker `worker_index`'s chain: spool <audit_dir>/w<index>, shipped to the sink. Worker
+    0 also ships, in the background, spools of workers this service no longer runs."""
+    writer = _audit_writer(settings, audit_dir(settings) / f"w{worker_index}")
+    if worker_index == 0 and settings.audit_sink != "none":
+        writer.adopt = lambda: adopt_orphans(
+            audit_dir(settings), settings.workers, lambda path: _audit_writer(settings, path)
+        )
+    return writer
+
+
+def _audit_writer(settings: Settings, directory: Path) -> AuditWriter:
     node = settings.audit_node or os.uname().nodename
-    spool = Spool(
-        audit_dir(settings) / f"w{worker_index}",
-        f"{node}-w{worker_index}",
-        settings.audit_segment_bytes,
-    )
+    spool = Spool(directory, f"{node}-{directory.name}", settings.audit_segment_bytes)
     return AuditWriter(
         spool,
         audit_signing_key(settings),

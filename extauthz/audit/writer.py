@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from extauthz.audit.chain import Chain, key_id
 from extauthz.audit.shipper import Shipper, spawn
 from extauthz.audit.sink import Sink
-from extauthz.audit.spool import Spool
+from extauthz.audit.spool import Spool, SpoolLocked
 from extauthz.metrics import AUDIT_RECORDS, AUDIT_SINK_ERRORS, AUDIT_SPOOL_BEHIND
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class AuditWriter:
         self.shipped_seq = 0  # what the sink holds, as the shipper last said
         self._sink_errors = 0
         self.writer_cpu = 0.0  # this writer's thread CPU seconds (precise, unlike /proc ticks)
+        self.adopt: Callable[[], list[str]] | None = None  # run once after open(), off-thread
 
     @property
     def wake_interval(self) -> float:
@@ -92,6 +94,16 @@ class AuditWriter:
             self._thread = threading.Thread(target=shipper.run, name="audit-shipper", daemon=True)
             self._thread.start()
         log.info("audit writer %s resumes at seq %d", self.writer, seq)
+        if self.adopt is not None:
+            threading.Thread(target=self._adopt, name="audit-adopt", daemon=True).start()
+
+    def _adopt(self) -> None:
+        assert self.adopt is not None
+        try:
+            for writer in self.adopt():
+                log.info("audit: shipped the spool of %s (no worker runs it now)", writer)
+        except Exception:
+            log.exception("audit: adopting an orphaned spool failed")
 
     def write(self, records: list[bytes]) -> None:
         """Chain records (JSON objects, each ending in a newline), spool, fsync, maybe sign.
@@ -193,3 +205,23 @@ class AuditWriter:
             self._pending = lines
             return
         self._pending = []
+
+
+def adopt_orphans(directory: Path, in_use: int, make: Callable[[Path], AuditWriter]) -> list[str]:
+    """Ship the spools no worker of this service will open (`w<i>`, i >= `in_use`: left by a
+    run with more workers). Each is opened (its chain gets an `open` record and a checkpoint over
+    what its last process left unsigned), given `drain_timeout` to ship, and closed. The
+    writers adopted; a spool another process holds is left alone."""
+    adopted = []
+    for path in sorted(directory.glob("w*")):
+        index = path.name[1:]
+        if not index.isdigit() or int(index) < in_use or not any(path.glob("*.seg")):
+            continue
+        writer = make(path)
+        try:
+            writer.open()
+        except SpoolLocked:
+            continue
+        writer.close()
+        adopted.append(writer.writer)
+    return adopted

@@ -373,3 +373,26 @@ def test_a_stopped_shipper_drains_what_is_durable_first(tmp_path: Path) -> None:
     assert sorted(sink.data[spool.writer]) == [1, 2, 3, 4, 5]
     assert spool.read_status() == (5, 0)
     spool.close()
+
+
+def test_spools_of_workers_no_longer_run_are_shipped_by_worker_zero(tmp_path: Path) -> None:
+    from extauthz.audit.writer import adopt_orphans
+
+    sink = FakeSink()
+    sink.down = True
+    for index in (0, 1, 2):  # a run with three workers, the sink down when they stopped
+        w = writer_for(tmp_path, sink, index=index, drain_timeout=0.05)
+        w.open()
+        w.write([b'{"request_id":"w%d"}\n' % index])
+        w.close()
+    sink.down = False
+    held = Spool(tmp_path / "w2", "h-w2", 4096)
+    held.open()  # w2 is held by a live process: left alone
+    adopted = adopt_orphans(
+        tmp_path, 1, lambda path: writer_for(tmp_path, sink, int(path.name[1:]))
+    )
+    held.close()
+    assert len(adopted) == 1 and adopted[0].startswith("h-w1")  # w0 is in use by this run
+    ids = [json.loads(line).get("request_id") for line in sink.lines(adopted[0])]
+    assert "w1" in ids
+    assert verify_lines(sink.lines(adopted[0]), KEYS).ok
