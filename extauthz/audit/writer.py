@@ -10,7 +10,8 @@ idempotent by seq. Nothing here runs on the request path.
 
 Losses: SIGTERM/SIGINT none (close() writes, fsyncs and signs everything queued and waits up to
 `drain_timeout` for the shipper; the rest stays in the spool for the next start). SIGKILL: the
-records queued since the last batch (one flush interval, plus the time of the write itself).
+records queued since the last batch (one flush interval, plus the time of the write itself and
+of an fsync when one was due).
 """
 
 from __future__ import annotations
