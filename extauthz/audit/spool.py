@@ -230,14 +230,23 @@ class Spool:
         while True:
             path = segment_path(self.directory, cursor.segment)
             end = durable.offset if cursor.segment == durable.segment else None
+            data = b""
             try:
                 with open(path, "rb") as f:
                     f.seek(cursor.offset)
-                    want = max_bytes if end is None else min(max_bytes, end - cursor.offset)
-                    data = f.read(max(want, 0))
+                    limit = max_bytes
+                    while True:
+                        want = limit if end is None else min(limit, end - cursor.offset)
+                        if want <= 0:
+                            break
+                        raw = f.read(want)
+                        data = raw[: raw.rfind(b"\n") + 1]
+                        if data or len(raw) < want:
+                            break
+                        f.seek(cursor.offset)  # one line longer than max_bytes: read it whole
+                        limit *= 2
             except FileNotFoundError:
-                data = b""
-            data = data[: data.rfind(b"\n") + 1]
+                pass
             if data:
                 return self.runs(data), Cursor(cursor.segment, cursor.offset + len(data))
             if cursor.segment >= durable.segment:

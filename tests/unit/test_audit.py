@@ -396,3 +396,21 @@ def test_spools_of_workers_no_longer_run_are_shipped_by_worker_zero(tmp_path: Pa
     ids = [json.loads(line).get("request_id") for line in sink.lines(adopted[0])]
     assert "w1" in ids
     assert verify_lines(sink.lines(adopted[0]), KEYS).ok
+
+
+def test_a_record_longer_than_a_shipment_is_still_read(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "w0", "h-w0", 1 << 20)
+    spool.open()
+    chain = Chain(spool.writer)
+    lines = [chain.link(orjson.dumps({"detail": "x" * size})) + b"\n" for size in (10, 5000, 10)]
+    spool.append(b"".join(lines), chain.seq)
+    spool.sync()
+    seen: list[int] = []
+    cursor = Cursor(1, 0)
+    while True:
+        runs, cursor = spool.read(cursor, spool.durable(), max_bytes=1000)
+        if not runs:
+            break
+        seen += [first + i for first, data in runs for i in range(data.count(b"\n"))]
+    assert seen == [1, 2, 3]
+    spool.close()
