@@ -12,6 +12,7 @@ import fcntl
 import os
 import secrets
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,15 +75,23 @@ class Spool:
         self._prefix_len = 0
 
     # ---- opening: lock, writer id, recovery of the chain head
-    def open(self) -> tuple[int, str]:
-        """Lock the directory and recover the chain head: (last seq, its hash)."""
+    def open(self, wait: float = 0.0) -> tuple[int, str]:
+        """Lock the directory and recover the chain head: (last seq, its hash). A process that
+        still holds it (e.g. the previous service, draining) is waited for up to `wait` s."""
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SpoolLocked(f"another process holds the audit spool {self.directory}") from None
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise SpoolLocked(
+                        f"another process holds the audit spool {self.directory}"
+                    ) from None
+                time.sleep(0.1)
         self._lock_fd = fd
         id_file = self.directory / "writer"
         if not id_file.exists():

@@ -67,6 +67,8 @@ class AuditWriter:
         self._sink_errors = 0
         self.writer_cpu = 0.0  # this writer's thread CPU seconds (precise, unlike /proc ticks)
         self.adopt: Callable[[], list[str]] | None = None  # run once after open(), off-thread
+        # a previous process may still be draining this spool: wait for its lock this long
+        self.lock_wait = drain_timeout + 5.0
 
     @property
     def wake_interval(self) -> float:
@@ -80,7 +82,7 @@ class AuditWriter:
     def open(self) -> None:
         """Lock the spool, resume its chain (an `open` record and a checkpoint over what an
         earlier process left unsigned), start shipping."""
-        seq, head = self.spool.open()
+        seq, head = self.spool.open(wait=self.lock_wait)
         self._chain = Chain(self.spool.writer, seq, head)
         opened = {"kind": "open", "ts": round(time.time(), 6), "pid": os.getpid()}
         self._append([self._chain.link(orjson.dumps(opened))])
@@ -219,6 +221,7 @@ def adopt_orphans(directory: Path, in_use: int, make: Callable[[Path], AuditWrit
         if not index.isdigit() or int(index) < in_use or not any(path.glob("*.seg")):
             continue
         writer = make(path)
+        writer.lock_wait = 0.0  # held: someone runs it
         try:
             writer.open()
         except SpoolLocked:

@@ -167,8 +167,10 @@ def test_one_process_per_spool(tmp_path: Path) -> None:
     first.open()
     with pytest.raises(SpoolLocked):
         Spool(tmp_path / "w0", "h-w0", 1 << 20).open()
-    first.close()
-    Spool(tmp_path / "w0", "h-w0", 1 << 20).open()
+    threading.Timer(0.3, first.close).start()  # the previous holder finishes its drain
+    started = time.monotonic()
+    Spool(tmp_path / "w0", "h-w0", 1 << 20).open(wait=5.0)
+    assert 0.2 < time.monotonic() - started < 4.0
 
 
 def test_spool_rotates_reads_across_segments_and_drops_shipped_ones(tmp_path: Path) -> None:
