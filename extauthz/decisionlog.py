@@ -4,31 +4,55 @@ Never carries a credential: only key ids, subjects and reason codes. On the requ
 decision costs one dict and one orjson call; the writer thread batches whatever has queued into
 one write and one flush at most every FLUSH_INTERVAL, and `stop()` writes everything still
 queued before it returns (SIGKILL loses at most what queued since the last write).
+
+With an audit trail (`extauthz/audit/`), the same thread hands each batch to it after writing
+the log: chaining, spooling and fsync stay off the request path.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import sys
 import threading
 import time
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 import orjson
 
 from extauthz.types import Decision, RequestView
 
+log = logging.getLogger(__name__)
+
 _STOP = b""  # the writer's sentinel: a record is never empty
+_NOTE = b'{"kind":'  # audit-only records begin so; decision records never do
 _BATCH = 4096  # most lines one write carries
 # The writer sleeps this long between writes, so it wakes ~20 times a second rather than once
 # per decision (a thread wake-up and the GIL hand-off per decision cost the event loop).
 FLUSH_INTERVAL = 0.05
 
 
+class AuditTrail(Protocol):
+    """What the writer thread feeds (extauthz.audit.writer.AuditWriter)."""
+
+    wake_interval: float  # seconds an idle writer thread waits before calling write([])
+
+    def open(self) -> None: ...
+    def write(self, records: list[bytes]) -> None: ...
+    def close(self) -> None: ...
+
+
 class DecisionLog:
-    def __init__(self, target: str = "-", flush_interval: float = FLUSH_INTERVAL) -> None:
+    def __init__(
+        self,
+        target: str = "-",
+        flush_interval: float = FLUSH_INTERVAL,
+        audit: AuditTrail | None = None,
+    ) -> None:
         self._target = target
+        self._audit = audit
+        self._idle_wake = audit.wake_interval if audit is not None else None
         self._interval = flush_interval
         self._stopping = threading.Event()
         self._queue: queue.SimpleQueue[bytes] = queue.SimpleQueue()
@@ -37,6 +61,8 @@ class DecisionLog:
 
     def start(self) -> None:
         if self._thread is None:
+            if self._audit is not None:
+                self._audit.open()
             self._stopping.clear()
             self._thread = threading.Thread(
                 target=self._write_forever, name="decision-log", daemon=True
@@ -50,6 +76,8 @@ class DecisionLog:
             self._queue.put(_STOP)
             self._thread.join()
             self._thread = None
+            if self._audit is not None:
+                self._audit.close()
 
     def record(self, view: RequestView, decision: Decision, duration_ns: int) -> None:
         self._queue.put(
@@ -61,6 +89,11 @@ class DecisionLog:
         file, keyed by the request id it belongs to."""
         self._queue.put(orjson.dumps({**event, "worker": self._pid}) + b"\n")
 
+    def note(self, doc: dict[str, Any]) -> None:
+        """A record for the audit trail only (e.g. a policy revision), not for the log file."""
+        if self._audit is not None:
+            self._queue.put(orjson.dumps(doc) + b"\n")
+
     def _write_forever(self) -> None:
         out: IO[bytes] = (
             sys.stderr.buffer if self._target == "-" else open(self._target, "ab")  # noqa: SIM115
@@ -68,7 +101,10 @@ class DecisionLog:
         try:
             stopping = False
             while not stopping:
-                batch = [self._queue.get()]
+                try:  # idle: wake now and then, so the audit trail can sign its head
+                    batch = [self._queue.get(timeout=self._idle_wake)]
+                except queue.Empty:
+                    batch = []
                 while len(batch) < _BATCH:
                     try:
                         batch.append(self._queue.get_nowait())
@@ -84,8 +120,15 @@ class DecisionLog:
                             break
                         if line:
                             batch.append(line)
-                out.write(b"".join(batch))
-                out.flush()
+                plain = [line for line in batch if not line.startswith(_NOTE)]
+                if plain:
+                    out.write(b"".join(plain))
+                    out.flush()
+                if self._audit is not None:
+                    try:
+                        self._audit.write(batch)
+                    except Exception:  # the log thread must live on; the writer says why
+                        log.exception("audit write failed")
                 if not stopping:
                     self._stopping.wait(self._interval)
         finally:

@@ -89,6 +89,19 @@ THREAT_LEVEL = Gauge(
     "Threat level in force: 0 normal, 1 elevated, 2 high, 3 critical",
     multiprocess_mode="livemax",
 )
+AUDIT_RECORDS = Counter(
+    "extauthz_audit_records_total",
+    "Audit records: chained (written to the local spool), shipped (held by the central sink)",
+    ["stage"],
+)
+AUDIT_SINK_ERRORS = Counter(
+    "extauthz_audit_sink_errors_total", "Failed attempts to ship audit records to the sink"
+)
+AUDIT_SPOOL_BEHIND = Gauge(
+    "extauthz_audit_spool_behind_records",
+    "Audit records durable in the local spool and not yet held by the central sink",
+    multiprocess_mode="livesum",
+)
 
 SHAPING = Counter(
     "extauthz_shaping_total",

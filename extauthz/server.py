@@ -37,10 +37,11 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):
         return await self._handler.check(request)
 
 
-async def serve(settings: Settings, worker: bool = False) -> None:
+async def serve(settings: Settings, worker: bool = False, index: int = 0) -> None:
     """One service process. A `worker` shares the port with its siblings (SO_REUSEPORT) and
-    leaves /metrics to the supervisor, which aggregates every worker's metrics."""
-    service = build_service(settings)
+    leaves /metrics to the supervisor, which aggregates every worker's metrics; `index` names
+    its audit chain."""
+    service = build_service(settings, worker_index=index)
     await service.start()
     if not worker:
         serve_metrics(settings.metrics_port, settings.host)
@@ -105,9 +106,9 @@ async def serve_shaping(settings: Settings) -> None:
     decision_log.stop()
 
 
-def run(settings: Settings, worker: bool = False) -> None:
+def run(settings: Settings, worker: bool = False, index: int = 0) -> None:
     """Run one service process to completion on the configured event loop."""
-    run_on_loop(serve(settings, worker), settings.event_loop)
+    run_on_loop(serve(settings, worker, index), settings.event_loop)
 
 
 def run_on_loop(main: Coroutine[Any, Any, None], event_loop: str) -> None:

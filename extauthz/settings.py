@@ -27,6 +27,71 @@ class Settings(BaseSettings):
         "-", description="Where the per-decision JSON log goes: '-' for stderr, or a file path."
     )
 
+    # --- audit trail (extauthz/audit/)
+    audit_enabled: bool = Field(
+        True,
+        description="Chain every decision record into the audit trail: local spool, signed "
+        "checkpoints, central sink (README, Audit trail).",
+    )
+    audit_spool_dir: str = Field(
+        "",
+        description="Directory of the local audit spools (one per worker, w<index>/). Empty: "
+        "<run_dir>/audit.",
+    )
+    audit_signing_key: SecretStr = Field(
+        SecretStr(""),
+        description="Ed25519 key (32-byte seed, hex or base64url) signing audit checkpoints. "
+        "Empty: read or create the file at audit_signing_key_file. Never logged.",
+    )
+    audit_signing_key_file: str = Field(
+        "",
+        description="File holding the checkpoint signing key when audit_signing_key is empty "
+        "(created 0600 on first use, public key beside it as <file>.pub). Empty: "
+        "<run_dir>/audit-signing-key.",
+    )
+    audit_public_key_file: str = Field(
+        "",
+        description="Public key file(s) `audit verify` trusts (hex or PEM; several: "
+        "comma-separated). Empty: the .pub file beside the signing key.",
+    )
+    audit_flush_interval: float = Field(
+        0.05,
+        description="Seconds between the audit writer's spool writes: a SIGKILL loses at most "
+        "the records of one interval.",
+    )
+    audit_fsync_interval: float = Field(
+        0.25,
+        description="Longest seconds between fsyncs of the audit spool (groups of writes): a "
+        "crash of the host loses at most this; the sink gets only fsync'd records.",
+    )
+    audit_checkpoint_interval: float = Field(
+        2.0, description="Seconds between signed checkpoints of each audit chain."
+    )
+    audit_segment_bytes: int = Field(
+        16 * 1024 * 1024, description="Size at which the audit spool starts a new segment file."
+    )
+    audit_sink: Literal["redis", "none"] = Field(
+        "redis",
+        description="Central audit store: redis (a Stream per writer, on redis_url) or none "
+        "(the spool only).",
+    )
+    audit_sink_timeout: float = Field(
+        1.0, description="Budget (s) of one shipment to the audit sink (off the request path)."
+    )
+    audit_drain_timeout: float = Field(
+        3.0,
+        description="Seconds a stopping service waits for the sink to take its spool; the rest "
+        "ships on the next start.",
+    )
+    audit_node: str = Field(
+        "", description="Name of this host in audit writer ids. Empty: the hostname."
+    )
+    audit_actor: str = Field(
+        "",
+        description="Who the CLI records as the actor of operator actions. Empty: the login "
+        "(and SUDO_USER).",
+    )
+
     # --- API keys
     key_pepper: SecretStr = Field(
         SecretStr(""),

@@ -15,6 +15,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from extauthz.analytics.events import QueryEmitter
+from extauthz.audit.chain import load_signing_key
+from extauthz.audit.spool import Spool
+from extauthz.audit.writer import AuditWriter, adopt_orphans
 from extauthz.authn.apikeys import ApiKeyAuthenticator, KeyStore
 from extauthz.authn.authenticator import Authenticator, TokenAuthenticator
 from extauthz.authn.devices import DeviceRegistry, DeviceStore
@@ -123,6 +126,59 @@ def mtls_authenticator(settings: Settings) -> MtlsAuthenticator:
     )
 
 
+def audit_dir(settings: Settings) -> Path:
+    if settings.audit_spool_dir:
+        return Path(settings.audit_spool_dir)
+    return settings.run_dir / "audit"
+
+
+def audit_key_file(settings: Settings) -> Path:
+    if settings.audit_signing_key_file:
+        return Path(settings.audit_signing_key_file)
+    return settings.run_dir / "audit-signing-key"
+
+
+def audit_signing_key(settings: Settings, create: bool = True):  # type: ignore[no-untyped-def]
+    return load_signing_key(
+        settings.audit_signing_key.get_secret_value(), audit_key_file(settings), create
+    )
+
+
+def shipper_env(settings: Settings) -> dict[str, str]:
+    """What the audit shipper process needs to know (it reads EXTAUTHZ_* like the service)."""
+    return {
+        "EXTAUTHZ_REDIS_URL": settings.redis_url,
+        "EXTAUTHZ_REDIS_CLUSTER": str(settings.redis_cluster).lower(),
+        "EXTAUTHZ_AUDIT_SINK_TIMEOUT": str(settings.audit_sink_timeout),
+        "EXTAUTHZ_AUDIT_SEGMENT_BYTES": str(settings.audit_segment_bytes),
+        "EXTAUTHZ_LOG_LEVEL": settings.log_level,
+    }
+
+
+def audit_writer(settings: Settings, worker_index: int = 0) -> AuditWriter:
+    """Worker `worker_index`'s chain: spool <audit_dir>/w<index>, shipped to the sink. Worker
+    0 also ships, in the background, spools of workers this service no longer runs."""
+    writer = _audit_writer(settings, audit_dir(settings) / f"w{worker_index}")
+    if worker_index == 0 and settings.audit_sink != "none":
+        writer.adopt = lambda: adopt_orphans(
+            audit_dir(settings), settings.workers, lambda path: _audit_writer(settings, path)
+        )
+    return writer
+
+
+def _audit_writer(settings: Settings, directory: Path) -> AuditWriter:
+    node = settings.audit_node or os.uname().nodename
+    spool = Spool(directory, f"{node}-{directory.name}", settings.audit_segment_bytes)
+    return AuditWriter(
+        spool,
+        audit_signing_key(settings),
+        shipper_env(settings) if settings.audit_sink == "redis" else None,
+        checkpoint_interval=settings.audit_checkpoint_interval,
+        drain_timeout=settings.audit_drain_timeout,
+        fsync_interval=settings.audit_fsync_interval,
+    )
+
+
 @dataclass
 class Service:
     handler: CheckHandler
@@ -170,7 +226,7 @@ def auto_threat(settings: Settings, redis: aioredis.Redis) -> AutoThreat | None:
     )
 
 
-def build_service(settings: Settings) -> Service:
+def build_service(settings: Settings, worker_index: int = 0) -> Service:
     redis = redis_client(settings)
     pepper = key_pepper(settings)
     api_keys = ApiKeyAuthenticator(
@@ -194,7 +250,15 @@ def build_service(settings: Settings) -> Service:
         )
     cache = DecisionCache(settings.decision_cache_size, "enforced", settings.decision_cache_bytes)
     policy = PolicyEngine(opa, watcher, cache, shadow)
-    decision_log = DecisionLog(settings.decision_log)
+    if settings.audit_enabled:
+        decision_log = DecisionLog(
+            settings.decision_log,
+            settings.audit_flush_interval,
+            audit_writer(settings, worker_index),
+        )
+    else:
+        decision_log = DecisionLog(settings.decision_log)
+    watcher.on_change = decision_log.note  # policy revisions go into the audit trail
     threat = ThreatWatcher(redis, settings.threat_poll_interval, auto=auto_threat(settings, redis))
     limiter = Limiter(
         redis, settings.redis_timeout, config=LimiterConfig.from_settings(settings), threat=threat

@@ -1,12 +1,12 @@
-"""extauthz command line: serve, keys, devices, policy, throttle, quarantine, analytics, envoy,
-dev."""
+"""extauthz command line: serve, keys, devices, policy, throttle, quarantine, analytics, audit,
+envoy, dev."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from extauthz.cli import analytics, dev, devices, keys, policy, serve, throttle
+from extauthz.cli import analytics, audit, dev, devices, keys, policy, serve, throttle
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,6 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
         throttle.register,
         throttle.register_quarantine,
         analytics.register,
+        audit.register,
     ):
         register(sub)
     return parser

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import sys
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from extauthz.settings import Settings, load_settings
 
@@ -50,3 +51,28 @@ def with_redis(fn: Callable[[aioredis.Redis, Settings], Awaitable[T]]) -> T:
             await redis.aclose()
 
     return asyncio.run(run())
+
+
+# exit status of an operator command whose action was done but could not be audited
+NOT_AUDITED = 3
+
+
+def audit_action(action: str, target: str, outcome: str, details: dict[str, Any]) -> bool:
+    """Append an operator action (who, what, when, outcome) to the audit trail's `ops` chain.
+    False, said on stderr, if it could not be recorded. Never pass a secret in `details`."""
+
+    async def append(redis: aioredis.Redis, settings: Settings) -> int | None:
+        if not settings.audit_enabled:
+            return None
+        from extauthz.audit.operator import actor, append_operator_action, operator_record
+        from extauthz.wiring import audit_signing_key
+
+        record = operator_record(action, target, outcome, details, actor(settings.audit_actor))
+        return await append_operator_action(redis, audit_signing_key(settings), record)
+
+    try:
+        with_redis(append)
+    except Exception as exc:  # the action stands; the operator must know it is not audited
+        print(f"audit: {action} {target} was NOT recorded ({exc})", file=sys.stderr)
+        return False
+    return True

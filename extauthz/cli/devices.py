@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from extauthz.cli.common import parse_duration, when, with_redis
+from extauthz.cli.common import NOT_AUDITED, audit_action, parse_duration, when, with_redis
 
 
 def _with_devices(fn: Callable[[Any], Awaitable[Any]]) -> Any:
@@ -30,22 +30,29 @@ def cmd_devices_enroll(args: argparse.Namespace) -> int:
             lambda store: store.enroll(args.subject, jwk, args.trust, args.expires_in)
         )
     except ValueError as exc:
+        audit_action("devices.enroll", args.subject, "refused", {"trust": args.trust})
         print(f"not enrolled: {exc}", file=sys.stderr)
         return 1
+    details = {"subject": record.subject, "trust": record.trust, "expires": record.expires}
+    audited = audit_action("devices.enroll", record.thumbprint, "ok", details)
     print(
         f"enrolled {record.thumbprint} for {record.subject}: trust {record.trust}, "
         f"expires {when(record.expires)}"
     )
-    return 0
+    return 0 if audited else NOT_AUDITED
 
 
 def cmd_devices_revoke(args: argparse.Namespace) -> int:
     count = _with_devices(lambda store: store.revoke(args.thumbprint, args.subject))
+    details = {"subject": args.subject, "enrollments": count}
+    audited = audit_action(
+        "devices.revoke", args.thumbprint, "ok" if count else "not_found", details
+    )
     if not count:
         print(f"no such device: {args.thumbprint}", file=sys.stderr)
         return 1
     print(f"revoked {args.thumbprint} ({count} enrollment{'s' if count > 1 else ''})")
-    return 0
+    return 0 if audited else NOT_AUDITED
 
 
 def cmd_devices_list(args: argparse.Namespace) -> int:

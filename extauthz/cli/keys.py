@@ -9,7 +9,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from extauthz.cli.common import csv, parse_duration, when, with_redis
+from extauthz.cli.common import NOT_AUDITED, audit_action, csv, parse_duration, when, with_redis
 
 _WIDTHS = (14, 16, 20, 18, 10, 9)
 
@@ -27,6 +27,15 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             args.subject, args.roles, args.projects, args.tier, args.expires_in, args.cidrs
         )
     )
+    details = {
+        "subject": record.subject,
+        "roles": list(record.roles),
+        "projects": list(record.projects),
+        "tier": record.tier,
+        "expires": record.expires,
+        "cidrs": list(args.cidrs),
+    }
+    audited = audit_action("keys.create", record.key_id, "ok", details)
     if args.json:
         print(
             json.dumps(
@@ -47,15 +56,20 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         print(f"expires: {when(record.expires)}")
         print(f"key:     {key}")
         print("This key is shown once; only its keyed hash is stored.", file=sys.stderr)
-    return 0
+    return 0 if audited else NOT_AUDITED
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
     rotated = _with_store(lambda store: store.rotate(args.key_id, args.overlap, args.expires_in))
     if rotated is None:
+        audit_action("keys.rotate", args.key_id, "not_found", {})
         print(f"no active key: {args.key_id}", file=sys.stderr)
         return 1
     old, new, key = rotated
+    details = {"new_key_id": new.key_id, "old_expires": old.expires, "expires": new.expires}
+    if not audit_action("keys.rotate", old.key_id, "ok", details):
+        print(f"new key id: {new.key_id}\nkey:        {key}")
+        return NOT_AUDITED
     if args.json:
         print(json.dumps({"key_id": new.key_id, "key": key, "old_expires": old.expires}))
         return 0
@@ -66,9 +80,11 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(args: argparse.Namespace) -> int:
-    if _with_store(lambda store: store.revoke(args.key_id)):
+    revoked = _with_store(lambda store: store.revoke(args.key_id))
+    audited = audit_action("keys.revoke", args.key_id, "ok" if revoked else "not_found", {})
+    if revoked:
         print(f"revoked {args.key_id}")
-        return 0
+        return 0 if audited else NOT_AUDITED
     print(f"no such key: {args.key_id}", file=sys.stderr)
     return 1
 

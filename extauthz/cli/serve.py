@@ -25,7 +25,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     workers = args.workers or settings.workers
     if args.worker_index is None and workers > 1:
         return supervise(settings, workers)
-    run(settings, worker=args.worker_index is not None)
+    run(settings, worker=args.worker_index is not None, index=args.worker_index or 0)
     return 0
 
 

@@ -8,7 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from extauthz.cli.common import parse_duration, when, with_redis
+from extauthz.cli.common import NOT_AUDITED, audit_action, parse_duration, when, with_redis
 from extauthz.store.schema import RiskFields
 
 
@@ -39,10 +39,22 @@ def cmd_throttle_set(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 2
     if args.level is not None:
+        audited = audit_action(
+            "throttle.threat",
+            args.level,
+            "ok",
+            {"level": result.level, "until": result.until, "reason": args.reason},
+        )
         print(f"threat level {result.level} until {when(result.until)}")
     else:
+        audited = audit_action(
+            "throttle.risk",
+            args.subject,
+            "ok",
+            {"multiplier": args.multiplier, "until": result, "reason": args.reason},
+        )
         print(f"{args.subject}: limits x {args.multiplier} until {when(result)}")
-    return 0
+    return 0 if audited else NOT_AUDITED
 
 
 def cmd_throttle_show(args: argparse.Namespace) -> int:
@@ -98,8 +110,10 @@ def cmd_throttle_clear(args: argparse.Namespace) -> int:
         lambda store: store.clear_risk(args.subject) if args.subject else store.clear_threat()
     )
     what = f"risk multiplier of {args.subject}" if args.subject else "threat level"
+    action = "throttle.risk_clear" if args.subject else "throttle.threat_clear"
+    audited = audit_action(action, args.subject or "threat", "ok" if done else "not_set", {})
     print(f"{what} cleared" if done else f"no {what} was set")
-    return 0
+    return 0 if audited else NOT_AUDITED
 
 
 def _quarantine_target(args: argparse.Namespace) -> tuple[str, str]:
@@ -119,8 +133,10 @@ def cmd_quarantine_add(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    details = {"kind": kind, "ttl": args.ttl, "cause": args.cause}
+    audited = audit_action("quarantine.add", f"{kind}:{normalised}", "ok", details)
     print(f"quarantined {kind} {normalised} until {when(int(time.time()) + args.ttl)}")
-    return 0
+    return 0 if audited else NOT_AUDITED
 
 
 def cmd_quarantine_list(args: argparse.Namespace) -> int:
@@ -141,11 +157,13 @@ def cmd_quarantine_release(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    outcome = "ok" if released else "not_found"
+    audited = audit_action("quarantine.release", f"{kind}:{target}", outcome, {"kind": kind})
     if not released:
         print(f"not quarantined: {kind} {target}", file=sys.stderr)
         return 1
     print(f"released {kind} {target} (every worker within EXTAUTHZ_OVERLIMIT_CACHE_MAX_AGE)")
-    return 0
+    return 0 if audited else NOT_AUDITED
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -64,6 +66,9 @@ class RevisionWatcher(Periodic):
         self._revision: str | None = None
         self._confirmed_at = float("-inf")
         self.fallback = Fallback()
+        # told of every revision OPA loads (the audit trail records policy edits through it)
+        self.on_change: Callable[[dict[str, Any]], None] | None = None
+        self._digests: dict[str, str] = {}
 
     def current(self) -> str | None:
         """The revision, if confirmed within max_age; None means: do not trust the cache."""
@@ -97,6 +102,37 @@ class RevisionWatcher(Periodic):
                 self.fallback = Fallback.from_policy(doc.get("authz", {}).get("fallback"))
             except (ValueError, AttributeError, KeyError, TypeError):
                 self.fallback = Fallback()
+            self._tell(revision, modules, doc)
             self._revision = revision
         self._confirmed_at = self._clock()
         return revision
+
+    def _tell(self, revision: str, modules: dict[str, str], doc: object) -> None:
+        """Which modules and whether the data changed, for `on_change` (never raises)."""
+        if self.on_change is None:
+            return
+        digests = {m: hashlib.sha256(raw.encode()).hexdigest()[:16] for m, raw in modules.items()}
+        digests["data:extauthz"] = hashlib.sha256(
+            orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        ).hexdigest()[:16]
+        old = self._digests
+        self._digests = digests
+        try:
+            self.on_change(
+                {
+                    "kind": "policy",
+                    "ts": round(time.time(), 6),
+                    "action": "policy.revision",
+                    "from": self._revision,
+                    "to": revision,
+                    "added": sorted(digests.keys() - old.keys()),
+                    "removed": sorted(old.keys() - digests.keys()),
+                    "changed": sorted(
+                        m for m in digests.keys() & old.keys() if digests[m] != old[m]
+                    ),
+                    "digests": digests,
+                    "actor": {"source": "opa (policy and data files it watches)"},
+                }
+            )
+        except Exception:
+            log.exception("policy revision: on_change failed")

@@ -151,6 +151,21 @@ def replay_key(subject: str, jkt: str, jti: str) -> str:
     return f"ea:{{{subject_tag(subject)}}}:jti:{digest}"
 
 
+# ---- the audit trail (extauthz/audit/): one stream per writer, its last seq beside it (one
+# tag: the append script reads both), and the set of every writer that ever shipped
+AUDIT_WRITERS = "ea:{audit}:writers"  # a hash: writer id -> JSON of who started it
+
+
+def audit_stream(writer: str) -> str:
+    """A writer's chain: one entry per shipment, id `<first seq>-0`, fields r (lines), n."""
+    return f"ea:{{audit:{writer}}}:log"
+
+
+def audit_last(writer: str) -> str:
+    """The last seq `audit_stream(writer)` holds (so the append never reads an entry back)."""
+    return f"ea:{{audit:{writer}}}:last"
+
+
 RISK_PATTERN = "ea:{sub:*}:risk"  # SCAN patterns of the operator listings
 QUARANTINE_PATTERN = "ea:{*}:quarantine"
 

@@ -1,0 +1,259 @@
+"""Checking chains (`extauthz audit verify`), exporting them, finding one decision in them.
+
+A `Verifier` takes records in order (interleaved writers are fine) and stops at the first
+problem, which names the writer, the seq and the line: a changed record (`broken_link`), a bad
+or unknown signature, a missing record (`sequence_gap`), records out of order (`reordered`),
+records after the last signed checkpoint (`unsigned_tail`: a truncation, an append, or a writer
+that has not signed its newest records yet), or a line that is not a record (`malformed`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from extauthz.audit.chain import GENESIS, checkpoint_message
+from extauthz.audit.sink import read_stream, stream_key, writers
+
+PROBLEMS = (
+    "malformed",
+    "broken_link",
+    "bad_signature",
+    "unknown_key",
+    "sequence_gap",
+    "reordered",
+    "unsigned_tail",
+    "missing_stream",
+)
+
+
+@dataclass(frozen=True)
+class Problem:
+    kind: str  # one of PROBLEMS
+    writer: str
+    seq: int | None  # the first bad record's
+    line: int | None  # its line in the file (1-based), or None for the central store
+    detail: str
+
+    def __str__(self) -> str:
+        where = f" (line {self.line})" if self.line else ""
+        return f"{self.kind}: writer {self.writer} seq {self.seq}{where}: {self.detail}"
+
+
+@dataclass
+class _Writer:
+    seq: int = 0
+    head: str = GENESIS
+    line: int | None = None
+    signed_seq: int = 0
+    signed_line: int | None = None
+    records: int = 0
+    checkpoints: int = 0
+
+
+@dataclass
+class Report:
+    writers: dict[str, _Writer] = field(default_factory=dict)
+    problem: Problem | None = None
+    records: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None
+
+
+class Verifier:
+    def __init__(self, keys: dict[str, Ed25519PublicKey]) -> None:
+        self._keys = keys
+        self.report = Report()
+
+    def feed(self, line: bytes, line_no: int | None = None) -> Problem | None:
+        """Check one record against its writer's chain; the first problem sticks."""
+        try:
+            doc = orjson.loads(line)
+            writer, seq, prev = doc["w"], doc["seq"], doc["prev"]
+            if not (isinstance(writer, str) and isinstance(seq, int) and isinstance(prev, str)):
+                raise TypeError
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return self._fail("malformed", "?", None, line_no, "not an audit record")
+        st = self.report.writers.get(writer)
+        if st is None:
+            st = self.report.writers[writer] = _Writer()
+        if seq != st.seq + 1:
+            if seq <= st.seq:
+                return self._fail(
+                    "reordered", writer, seq, line_no, f"seq {seq} after seq {st.seq}"
+                )
+            return self._fail(
+                "sequence_gap",
+                writer,
+                st.seq + 1,
+                line_no,
+                f"missing: seq {st.seq + 1}..{seq - 1} (seq {seq} follows seq {st.seq})",
+            )
+        if prev != st.head:
+            if st.seq == 0:
+                return self._fail("broken_link", writer, seq, line_no, "first record's link")
+            return self._fail(
+                "broken_link",
+                writer,
+                st.seq,
+                st.line,
+                f"changed: its hash is not the one seq {seq} links to (or seq {seq}'s link "
+                "was changed)",
+            )
+        if doc.get("kind") == "checkpoint":
+            problem = self._checkpoint(doc, writer, seq, prev, line_no)
+            if problem is not None:
+                return problem
+            st.signed_seq, st.signed_line = seq, line_no
+            st.checkpoints += 1
+        st.seq, st.head, st.line = seq, hashlib.sha256(line).hexdigest(), line_no
+        st.records += 1
+        self.report.records += 1
+        return None
+
+    def finish(self, allow_unsigned_tail: bool = False) -> Report:
+        """After the last record: records a checkpoint does not cover are a problem unless
+        `allow_unsigned_tail` (a live writer's newest records)."""
+        if self.report.problem is None and not allow_unsigned_tail:
+            for writer, st in self.report.writers.items():
+                if st.seq > st.signed_seq:
+                    self._fail(
+                        "unsigned_tail",
+                        writer,
+                        st.signed_seq + 1,
+                        None,
+                        f"seq {st.signed_seq + 1}..{st.seq} follow the last checkpoint "
+                        f"(seq {st.signed_seq}): truncated or appended after it",
+                    )
+                    break
+        return self.report
+
+    def _checkpoint(
+        self, doc: dict[str, Any], writer: str, seq: int, prev: str, line_no: int | None
+    ) -> Problem | None:
+        key = self._keys.get(str(doc.get("kid")))
+        if key is None:
+            return self._fail("unknown_key", writer, seq, line_no, f"kid {doc.get('kid')!r}")
+        try:
+            if doc.get("head_seq") != seq - 1:
+                raise InvalidSignature
+            key.verify(
+                base64.b64decode(doc["sig"]), checkpoint_message(writer, seq, prev, doc["ts"])
+            )
+        except (InvalidSignature, KeyError, TypeError, ValueError):
+            return self._fail("bad_signature", writer, seq, line_no, "checkpoint signature")
+        return None
+
+    def _fail(
+        self, kind: str, writer: str, seq: int | None, line_no: int | None, detail: str
+    ) -> Problem:
+        problem = Problem(kind, writer, seq, line_no, detail)
+        if self.report.problem is None:
+            self.report.problem = problem
+        return problem
+
+
+def verify_lines(
+    lines: Sequence[bytes], keys: dict[str, Ed25519PublicKey], allow_unsigned_tail: bool = False
+) -> Report:
+    """Verify an export (every line in memory, so a jump can be told from a reordering)."""
+    verifier = Verifier(keys)
+    for i, line in enumerate(lines):
+        problem = verifier.feed(line, i + 1)
+        if problem is not None:
+            if problem.kind == "sequence_gap" and problem.seq is not None:
+                later = _find_later(lines, i + 1, problem.writer, problem.seq)
+                if later is not None:
+                    verifier.report.problem = Problem(
+                        "reordered",
+                        problem.writer,
+                        problem.seq,
+                        later,
+                        f"seq {problem.seq} appears later, at line {later}",
+                    )
+            return verifier.report
+    return verifier.finish(allow_unsigned_tail)
+
+
+def _find_later(lines: Sequence[bytes], start: int, writer: str, seq: int) -> int | None:
+    needle = b',"seq":%d,' % seq
+    for j in range(start, len(lines)):
+        if needle in lines[j]:
+            doc = orjson.loads(lines[j])
+            if doc.get("w") == writer and doc.get("seq") == seq:
+                return j + 1
+    return None
+
+
+def read_file(path: Path) -> list[bytes]:
+    return [line for line in path.read_bytes().splitlines() if line.strip()]
+
+
+def verify_store(
+    redis: Any, keys: dict[str, Ed25519PublicKey], allow_unsigned_tail: bool = True
+) -> Report:
+    """Every writer the store names: its whole stream, in order."""
+    verifier = Verifier(keys)
+    for writer in writers(redis):
+        if not redis.exists(stream_key(writer)):
+            verifier._fail("missing_stream", writer, None, None, "named, but its stream is gone")
+            return verifier.report
+        for seq, line in read_stream(redis, writer):
+            problem = verifier.feed(line)
+            if problem is not None:
+                return verifier.report
+            st = verifier.report.writers.get(writer)
+            if st is None or st.seq != seq:  # a record moved between streams or ids
+                verifier._fail("malformed", writer, seq, None, "stream entry and record differ")
+                return verifier.report
+    return verifier.finish(allow_unsigned_tail)
+
+
+def export(redis: Any, out: IO[bytes], include_unsigned: bool = False) -> dict[str, int]:
+    """Every writer's records, writer after writer, as JSON lines; by default each chain up
+    to its last signed checkpoint (what a verifier can vouch for). Records per writer."""
+    counts: dict[str, int] = {}
+    for writer in writers(redis):
+        tail: list[bytes] = []
+        written = 0
+        for _seq, line in read_stream(redis, writer):
+            tail.append(line)
+            if b'"kind":"checkpoint"' in line:
+                out.write(b"\n".join(tail) + b"\n")
+                written += len(tail)
+                tail = []
+        if include_unsigned and tail:
+            out.write(b"\n".join(tail) + b"\n")
+            written += len(tail)
+        counts[writer] = written
+    return counts
+
+
+def search(redis: Any, request_id: str) -> Iterator[dict[str, Any]]:
+    """Decision records whose request_id is `request_id` (a scan of every stream)."""
+    needle = b'"request_id":' + orjson.dumps(request_id)
+    for writer in writers(redis):
+        for _seq, line in read_stream(redis, writer):
+            if needle in line:
+                doc = orjson.loads(line)
+                if doc.get("request_id") == request_id:
+                    yield doc
+
+
+def lines_matching(path: Path, needles: Iterable[str]) -> list[str]:
+    """Lines of a log file that contain every one of `needles` (missing file: none)."""
+    try:
+        with open(path, errors="replace") as f:
+            return [line.rstrip("\n") for line in f if all(n in line for n in needles)]
+    except OSError:
+        return []
