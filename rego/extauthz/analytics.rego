@@ -31,10 +31,14 @@ network_counts if {
 	input.rows >= config.network.min_tenant_rows
 }
 
+# A tenant's own detectors judge it from min_rows rows on, a detector named in min_rows_by from
+# its own minimum: `ood` flags each row alone against the owner's 0.99 calibration quantile, so
+# half of 10 rows flagged by chance is ~1e-6 for a real client, while PRADA's KS test and the
+# boundary share need more rows to mean anything.
 counted[name] := v if {
 	some name, v in strength
 	not name in {"network", "shared"}
-	input.rows >= config.min_rows
+	input.rows >= object.get(config, ["min_rows_by", name], config.min_rows)
 }
 
 counted["network"] := strength.network if network_counts
@@ -56,9 +60,26 @@ levels := [step.level |
 	input.rows >= step.min_rows
 ]
 
+# A network whose traffic is mostly flagged, spread over many subjects (a Sybil: many keys, one
+# network): each of its subjects that is itself half-way suspicious is quarantined, from a few
+# rows of its own, before the keys' combined rows reach what one key would need. A shared NAT's
+# clean users are untouched (network_counts needs the tenant's own scores).
+network_quarantine if {
+	network_counts
+	q := config.network.quarantine
+	strength.network >= q.min_strength
+	input.network.subjects >= q.min_subjects
+	input.network.rows >= q.min_rows
+	input.rows >= q.min_tenant_rows
+}
+
+network_levels := [s.level | some s in config.steps; s.quarantine > 0; network_quarantine]
+
+all_levels := array.concat(levels, network_levels)
+
 default level := 0
 
-level := max(levels) if count(levels) > 0
+level := max(all_levels) if count(all_levels) > 0
 
 default step := {"level": 0, "risk": 1, "degrade": 0, "quarantine": 0, "ttl": 0}
 
