@@ -223,7 +223,9 @@ def test_sybils_of_one_network_are_actioned_before_any_is_judged_alone(
     behind_a_proxy: httpx.Client, stack: Stack, make_key: Keys
 ) -> None:
     """Ten keys in one /24 send 12 random queries each (under the 30 rows a tenant is judged
-    alone at); a benign tenant replays held-out digits from the same network (a shared NAT)."""
+    alone at; ood alone judges from 10); a benign tenant replays held-out digits from the same
+    network (a shared NAT). The network detector acts first (below 10 rows), then quarantines
+    each key once it has 10 rows of its own and the network 150 (policy data, network.quarantine)."""
     sybils = {f"an-sybil-{i}": make_key(f"an-sybil-{i}", "analyst", "vision") for i in range(10)}
     nat = make_key("an-nat-benign", "analyst", "vision")
     replay = _replay_rows(stack)
@@ -249,7 +251,15 @@ def test_sybils_of_one_network_are_actioned_before_any_is_judged_alone(
     shown = json.loads(
         cli(stack, "analytics", "show", "--subject", sorted(actioned)[0], "--json").stdout
     )
-    assert shown["actions"][0]["over"] == ["network"]
-    assert shown["actions"][0]["evidence"]["rows"] < 30  # never judged alone
+    first = shown["actions"][-1]  # newest first
+    assert first["over"] == ["network"]
+    assert first["evidence"]["rows"] < 30  # never judged alone
+    deadline = time.monotonic() + 10
+    quarantined: set[str] = set()
+    while time.monotonic() < deadline and len(quarantined) < 10:
+        quarantined = {s for s in sybils if r.exists(_quarantine(s))}
+        time.sleep(0.3)
+    assert len(quarantined) >= 8, quarantined  # the network's suspicious keys, from 10 rows each
     assert codes.count(200) == len(codes) == 48
     assert not r.exists(risk_key("an-nat-benign"))
+    assert not r.exists(_quarantine("an-nat-benign"))
