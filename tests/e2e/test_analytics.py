@@ -225,7 +225,7 @@ def test_sybils_of_one_network_are_actioned_before_any_is_judged_alone(
     """Ten keys in one /24 send 12 random queries each (under the 30 rows a tenant is judged
     alone at; ood alone judges from 10); a benign tenant replays held-out digits from the same
     network (a shared NAT). The network detector acts first (below 10 rows), then quarantines
-    each key once it has 10 rows of its own and the network 150 (policy data, network.quarantine)."""
+    each key once it has 10 rows of its own and the network 150 (network.quarantine)."""
     sybils = {f"an-sybil-{i}": make_key(f"an-sybil-{i}", "analyst", "vision") for i in range(10)}
     nat = make_key("an-nat-benign", "analyst", "vision")
     replay = _replay_rows(stack)
