@@ -15,7 +15,7 @@ import pytest
 import redis as redis_sync
 
 from extauthz.dev.devstack import Stack
-from extauthz.store.schema import quarantine_key, risk_key, subject_tag
+from extauthz.store.schema import analytics_actions_key, quarantine_key, risk_key, subject_tag
 from tests.e2e.conftest import Keys, cli
 from tests.e2e.payloads import infer
 
@@ -143,7 +143,7 @@ def test_noise_extraction_is_throttled_degraded_then_quarantined_and_benign_repl
     assert resp.json() == RATE_LIMITED  # the same body as any rate limit: no oracle
 
     # benign replay: every request served, nothing recorded against it
-    for row in replay[len(benign_codes) : len(benign_codes) + 150]:
+    for row in replay[len(benign_codes) :]:  # the rest (the attacker is stopped early now)
         benign_codes.append(
             gateway.post(URL, json=infer(row), headers={"x-api-key": benign}).status_code
         )
@@ -195,12 +195,18 @@ def test_a_small_step_boundary_walk_is_actioned(
             ]
         )
 
-    first, _ = _run(
-        gateway, stack, key, "an-walk", walk, 200, lambda risk: float(risk.get("multiplier", 1)) < 1
-    )
+    r = _redis(stack)
+
+    def named_neardup(_risk: dict) -> bool:
+        # blended digits are out of distribution too, so `ood` (from 10 rows) may act first;
+        # the small steps must still be named once `neardup` is judged (30 rows on)
+        actions = r.lrange(analytics_actions_key("an-walk"), 0, -1)
+        return any("neardup" in json.loads(a)["over"] for a in actions)
+
+    first, _ = _run(gateway, stack, key, "an-walk", walk, 200, named_neardup)
     assert 0 < first <= 200
-    shown = json.loads(cli(stack, "analytics", "show", "--subject", "an-walk", "--json").stdout)
-    assert "neardup" in shown["actions"][-1]["over"]
+    risk = r.hgetall(risk_key("an-walk"))
+    assert float(risk["multiplier"]) < 1
 
 
 @pytest.fixture(scope="module")
