@@ -10,6 +10,7 @@
 #   data.extauthz.throttle     threat level -> sensitivity -> limit factor
 #   data.extauthz.sensitivity  sensitivity label -> rank (public 0 .. restricted 3)
 #   data.extauthz.assurance    sensitivity -> credentials + least device trust (assurance.rego)
+# A model's versions (canary / blue-green) are chosen in versions.rego.
 package extauthz.authz
 
 catalog := data.extauthz.catalog
@@ -140,6 +141,8 @@ reason := "unknown_model" if {
 	not role_permits
 } else := "insufficient_assurance" if {
 	not credential_sufficient
+} else := "version_not_allowed" if {
+	not version_ok
 } else := "malformed_body" if {
 	not body_ok
 } else := "batch_too_large" if {
@@ -162,6 +165,7 @@ decision := {
 	"quota_context": quota_context,
 	"headers": {"x-extauthz-tier": input.principal.tier},
 	"response": response_plan,
+	"version": served_version,
 } if {
 	allow
 }
@@ -174,6 +178,7 @@ decision := {
 	"quota_context": {},
 	"headers": {},
 	"response": {},
+	"version": "",
 } if {
 	not allow
 }

@@ -14,7 +14,11 @@ who_may_do_what := {
 	"alice infers digits": [alice, infer("digits"), allowed("standard")],
 	"alice reads digits metadata": [alice, metadata("digits"), allowed("standard")],
 	"alice checks digits readiness": [alice, ready("digits"), allowed("standard")],
-	"alice infers digits version 2": [alice, infer_version("digits", "2"), allowed("standard")],
+	"alice infers digits version v1": [alice, infer_version("digits", "v1"), allowed("standard")],
+	"alice infers digits version v2 (a canary for vision-beta only)": [alice, infer_version("digits", "v2"), denied("version_not_allowed")],
+	"alice infers digits version 2 (no such version)": [alice, infer_version("digits", "2"), denied("version_not_allowed")],
+	"bea (vision-beta) infers digits version v2": [bea, infer_version("digits", "v2"), allowed("standard")],
+	"alice infers iris version 7 (unversioned models: as asked)": [alice, infer_version("iris", "7"), allowed_shaped("standard", {"cache": "tenant"})],
 	"alice infers cancer": [alice, infer("cancer"), denied("project_mismatch")],
 	"alice infers echo": [alice, infer("echo"), denied("project_mismatch")],
 	# bob: clinician on the clinical project (cancer responses carry shaping hints)
@@ -143,6 +147,8 @@ olga := principal("olga", ["operator"], ["ops"], "trial")
 
 ada := principal("ada", ["admin"], ["vision", "clinical", "ops"], "bench")
 
+bea := principal("bea", ["analyst"], ["vision", "vision-beta"], "standard")
+
 dora := principal("dora", ["viewer", "clinician"], ["clinical"], "standard")
 
 carla := principal("carla", ["clinician"], ["clinical"], "standard")
@@ -201,6 +207,7 @@ request(method, model, action) := {
 	"action": action,
 	"source_ip": "127.0.0.1",
 	"body": body_of(action),
+	"bucket": 0,
 }
 
 # Body facts as the service builds them (extauthz/policy/input.py: body_facts, read by
@@ -286,9 +293,8 @@ same(got, want) := false if {
 	print("want:", want)
 }
 
-trim(got, want) := object.remove(got, ["quota_context"]) if {
-	not want.quota_context
-} else := got
+# Likewise the served version (versions_test.rego checks it).
+trim(got, want) := object.remove(got, [k | some k in ["quota_context", "version"]; not k in object.keys(want)])
 
 # ---------------------------------------------------------------------------
 # Robustness: whatever the input, exactly one well-formed decision.
@@ -338,7 +344,8 @@ test_every_decision_is_well_formed if {
 }
 
 well_formed(d) if {
-	object.keys(d) == {"allow", "status", "reason", "quota", "quota_context", "headers", "response"}
+	object.keys(d) == {"allow", "status", "reason", "quota", "quota_context", "headers", "response", "version"}
+	is_string(d.version)
 	d.allow == true
 	d.status == 200
 	d.reason == "ok"
@@ -350,14 +357,15 @@ well_formed(d) if {
 }
 
 well_formed(d) if {
-	object.keys(d) == {"allow", "status", "reason", "quota", "quota_context", "headers", "response"}
+	object.keys(d) == {"allow", "status", "reason", "quota", "quota_context", "headers", "response", "version"}
 	d.quota_context == {}
+	d.version == ""
 	d.allow == false
 	d.status == 403
 	d.reason in {
 		"unknown_model", "action_not_allowed", "network_not_allowed", "project_mismatch",
 		"role_not_permitted", "insufficient_assurance", "malformed_body", "batch_too_large",
-		"scores_not_permitted", "parameter_not_allowed", "unknown_tier",
+		"scores_not_permitted", "parameter_not_allowed", "unknown_tier", "version_not_allowed",
 	}
 	d.quota == []
 	d.headers == {}
