@@ -161,6 +161,8 @@ def decision_record(
         "path": view.path,
         "model": view.route.name or None,
         "action": view.route.action or None,
+        # the model version served (allowed decisions of a versioned model only)
+        "version": (policy.version or None) if policy and decision.allowed else None,
         "source_ip": view.source_ip,
         "retry_after": decision.limits.retry_after
         if decision.limits and not decision.limits.allowed

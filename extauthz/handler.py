@@ -11,7 +11,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 
 from extauthz.metrics import DECISION_SECONDS, DECISIONS
 from extauthz.request import NO_FORWARDING, Forwarding, parse_check_request
-from extauthz.response import UPSTREAM_PREFIX, build_response
+from extauthz.response import MODEL_VERSION_HEADER, UPSTREAM_PREFIX, build_response
 from extauthz.shaping.plan import CACHE_MODES, merge_degrade
 from extauthz.stages import Authenticator, DecisionLog, LimitStage, PolicyEngine, QueryEvents
 from extauthz.types import (
@@ -130,9 +130,15 @@ def upstream_headers(
     principal: Principal, policy: PolicyDecision, decision_id: str
 ) -> tuple[tuple[str, str], ...]:
     """Identity headers for the model server. Policy may add x-extauthz-* headers only."""
-    extra = tuple((k, v) for k, v in policy.headers if k.startswith(UPSTREAM_PREFIX))
+    extra = tuple(
+        (k, v)
+        for k, v in policy.headers
+        if k.startswith(UPSTREAM_PREFIX) and k != MODEL_VERSION_HEADER
+    )
+    version = ((MODEL_VERSION_HEADER, policy.version),) if policy.version else ()
     return (
         ("x-extauthz-subject", principal.subject),
         ("x-extauthz-decision-id", decision_id),
+        *version,
         *extra,
     )

@@ -16,6 +16,9 @@ from extauthz.shaping.plan import CACHE_MODES, cache_headers, to_metadata
 from extauthz.types import Decision, LimitResult, Status, WindowState
 
 UPSTREAM_PREFIX = "x-extauthz-"
+# the model version the policy chose; Envoy routes on it (one route per version). Always set by
+# us on an allow for a versioned model, so a client-sent value is overwritten, never believed.
+MODEL_VERSION_HEADER = "x-extauthz-model-version"
 
 BODIES: dict[Status, bytes] = {
     Status.UNAUTHENTICATED: b'{"error":"unauthenticated"}',

@@ -191,6 +191,7 @@ class PolicyDecision:
     fail_mode: str = "closed"  # open: an in-process limiter stands in while Redis is down
     throttle: tuple[tuple[str, float], ...] = ()  # threat level -> limit factor, this model
     plan: ResponsePlan = NO_PLAN  # `response`, parsed and validated (shaping.plan)
+    version: str = ""  # the model version to serve (x-extauthz-model-version); "" unversioned
 
 
 @dataclass(frozen=True, slots=True)

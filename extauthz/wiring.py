@@ -34,6 +34,7 @@ from extauthz.policy.cache import DecisionCache
 from extauthz.policy.engine import PolicyEngine
 from extauthz.policy.opa import OpaClient
 from extauthz.policy.revision import RevisionWatcher
+from extauthz.policy.rollout import StickyBucket, bucket_key
 from extauthz.policy.shadow import Shadow
 from extauthz.request import Forwarding
 from extauthz.settings import Settings
@@ -249,7 +250,7 @@ def build_service(settings: Settings, worker_index: int = 0) -> Service:
             log_max_bytes=settings.shadow_log_max_bytes,
         )
     cache = DecisionCache(settings.decision_cache_size, "enforced", settings.decision_cache_bytes)
-    policy = PolicyEngine(opa, watcher, cache, shadow)
+    policy = PolicyEngine(opa, watcher, cache, shadow, StickyBucket(bucket_key(pepper)))
     if settings.audit_enabled:
         decision_log = DecisionLog(
             settings.decision_log,

@@ -77,6 +77,15 @@ def train_digits():
     return model, "accuracy", model.score(X_te, y_te)
 
 
+def train_digits_v2():
+    """digits v2, the canary of the demo rollout: the same estimator, much stronger
+    regularisation (C=0.001), so its scores and some of its answers differ from v1's while it
+    costs the same to run."""
+    X_tr, X_te, y_tr, y_te = _split(load_digits)
+    model = LogisticRegression(C=0.001, max_iter=5000, random_state=SEED).fit(X_tr, y_tr)
+    return model, "accuracy", model.score(X_te, y_te)
+
+
 def train_cancer():
     X_tr, X_te, y_tr, y_te = _split(load_breast_cancer)
     model = make_pipeline(
@@ -106,7 +115,14 @@ SKLEARN_MODELS: dict[str, tuple[Callable, int, bool]] = {
 }
 
 
-def _sklearn_settings(name: str) -> dict[str, Any]:
+# Further versions of a model, each served from its own folder `<name>-<version>` under the
+# same model name (MLServer: model-settings `parameters.version`; the catalog's `versions`).
+# The folder `<name>` is v1. MLServer serves an unversioned path with the "newest" version
+# (the greatest name), so Envoy always rewrites to /versions/<v> for a versioned model.
+MORE_VERSIONS: dict[str, dict[str, Callable]] = {"digits": {"v2": train_digits_v2}}
+
+
+def _sklearn_settings(name: str, version: str = "v1") -> dict[str, Any]:
     _, n_features, classifier = SKLEARN_MODELS[name]
     outputs = [{"name": "predict", "datatype": "INT64" if classifier else "FP64", "shape": [-1, 1]}]
     if classifier:
@@ -118,7 +134,7 @@ def _sklearn_settings(name: str) -> dict[str, Any]:
         "versions": [SKLEARN_TAG],  # a different scikit-learn version => retrain
         "inputs": [{"name": "input-0", "datatype": "FP64", "shape": [-1, n_features]}],
         "outputs": outputs,
-        "parameters": {"uri": "./model.joblib", "version": "v1"},
+        "parameters": {"uri": "./model.joblib", "version": version},
     }
 
 
@@ -129,19 +145,22 @@ def _read_json(path: Path) -> Any:
         return None
 
 
-def build_sklearn(out: Path, name: str, force: bool) -> None:
-    folder = out / name
-    settings = _sklearn_settings(name)
+def build_sklearn(out: Path, name: str, force: bool, version: str = "v1") -> None:
+    folder = out / (name if version == "v1" else f"{name}-{version}")
+    settings = _sklearn_settings(name, version)
+    label = name if version == "v1" else f"{name}@{version}"
     if (
         not force
         and (folder / "model.joblib").is_file()
         and _read_json(folder / "model-settings.json") == settings
     ):
-        print(f"{name:9s} exists, skipped (--force to retrain)")
+        print(f"{label:9s} exists, skipped (--force to retrain)")
         return
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     trainer, n_features, classifier = SKLEARN_MODELS[name]
+    if version != "v1":
+        trainer = MORE_VERSIONS[name][version]
     model, metric, score = trainer()
     assert model.n_features_in_ == n_features and hasattr(model, "predict_proba") == classifier
     # model.joblib first, model-settings.json last: settings present => model complete
@@ -154,7 +173,7 @@ def build_sklearn(out: Path, name: str, force: bool) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _write_json(folder / "model-settings.json", settings)
-    print(f"{name:9s} held-out {metric} = {score:.4f}  ({time.perf_counter() - t0:.2f}s)")
+    print(f"{label:9s} held-out {metric} = {score:.4f}  ({time.perf_counter() - t0:.2f}s)")
 
 
 def build_echo(out: Path, force: bool) -> None:
@@ -198,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for name in SKLEARN_MODELS:
         build_sklearn(out, name, args.force)
+        for version in MORE_VERSIONS.get(name, {}):
+            build_sklearn(out, name, args.force, version)
     build_echo(out, args.force)
     settings_path = out / "settings.json"
     if args.force or _read_json(settings_path) != SERVER_SETTINGS:

@@ -8,6 +8,7 @@ from extauthz.metrics import DEGRADED, FAIL_OPEN
 from extauthz.policy.cache import DecisionCache, canonical_input, input_digest
 from extauthz.policy.input import build_input
 from extauthz.policy.revision import RevisionWatcher
+from extauthz.policy.rollout import StickyBucket
 from extauthz.policy.shadow import Shadow
 from extauthz.stages import PolicyQuery
 from extauthz.types import Denied, PolicyDecision, Principal, RequestView, Status
@@ -20,15 +21,19 @@ class PolicyEngine:
         watcher: RevisionWatcher,
         cache: DecisionCache,
         shadow: Shadow | None = None,
+        bucket: StickyBucket | None = None,
     ) -> None:
         self._opa = opa
         self._watcher = watcher
         self._cache = cache
         self._shadow = shadow
+        self._bucket = bucket  # the caller's sticky bucket per model (model versions)
         self._last_revision: str | None = None  # the last one OPA confirmed (fail-open)
 
     async def decide(self, view: RequestView, principal: Principal) -> PolicyDecision:
-        policy_input = build_input(view, principal)
+        model = view.route.name
+        bucket = self._bucket(principal.subject, model) if model and self._bucket else 0
+        policy_input = build_input(view, principal, bucket)
         # The input holds nothing volatile: its canonical JSON's digest is the cache key.
         canonical = canonical_input(policy_input)
         key = input_digest(policy_input, canonical)

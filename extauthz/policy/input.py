@@ -37,7 +37,8 @@ def body_facts(view: RequestView) -> dict[str, Any]:
     }
 
 
-def build_input(view: RequestView, principal: Principal) -> dict[str, Any]:
+def build_input(view: RequestView, principal: Principal, bucket: int = 0) -> dict[str, Any]:
+    """`bucket`: the caller's sticky bucket on this model (policy/rollout.py), 0-99."""
     route = view.route
     return {
         "schema_version": SCHEMA_VERSION,
@@ -49,6 +50,7 @@ def build_input(view: RequestView, principal: Principal) -> dict[str, Any]:
             "action": route.action,
             "source_ip": view.source_ip,
             "body": body_facts(view),
+            "bucket": bucket,  # picks a model version (rego/extauthz/versions.rego)
         },
         "principal": {
             "subject": principal.subject,

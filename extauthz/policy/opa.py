@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -47,6 +48,19 @@ def parse_context(context: Any) -> dict[str, Any]:
     }
 
 
+# a model version Envoy routes on (a header value and a path segment): nothing else passes
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def parse_version(value: Any) -> str:
+    """The decision's `version`: "" (an unversioned model) or a version name; else ValueError."""
+    if value is None or value == "":
+        return ""
+    if not isinstance(value, str) or not _VERSION.match(value):
+        raise ValueError("version is not a version name")
+    return value
+
+
 def parse_decision(body: dict[str, Any]) -> PolicyDecision:
     """OPA's response → PolicyDecision; anything malformed raises Denied(503)."""
     result = body.get("result")
@@ -72,6 +86,7 @@ def parse_decision(body: dict[str, Any]) -> PolicyDecision:
             decision_id=str(body.get("decision_id") or ""),
             response=tuple(sorted(response.items())),
             plan=parse_hints(response) if allow else NO_PLAN,
+            version=parse_version(result.get("version")) if allow else "",
             **context,
         )
     except (KeyError, TypeError, ValueError) as exc:
