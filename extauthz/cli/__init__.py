@@ -1,12 +1,12 @@
-"""extauthz command line: serve, keys, devices, policy, throttle, quarantine, analytics, audit,
-envoy, dev."""
+"""extauthz command line: serve, keys, devices, policy, models, throttle, quarantine,
+analytics, audit, envoy, dev."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from extauthz.cli import analytics, audit, dev, devices, keys, policy, serve, throttle
+from extauthz.cli import analytics, audit, dev, devices, keys, models, policy, serve, throttle
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
         keys.register,
         dev.register_envoy,
         policy.register,
+        models.register,
         dev.register,
         devices.register,
         throttle.register,

@@ -81,10 +81,21 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         body,
         args.source_ip,
         settings.max_body_bytes,
+        _bucket(settings, principal.subject, args.path),
     )
     print(json.dumps(doc, indent=2))
     _show_plan(doc, args.degrade)
     return 0
+
+
+def _bucket(settings, subject: str, path: str) -> int:  # type: ignore[no-untyped-def]
+    """The caller's sticky bucket, as the service computes it (the deployment's pepper)."""
+    from extauthz.policy.rollout import StickyBucket, bucket_key
+    from extauthz.request import parse_route
+    from extauthz.wiring import key_pepper
+
+    model = parse_route("POST", path.split("?")[0]).name or parse_route("GET", path).name
+    return StickyBucket(bucket_key(key_pepper(settings)))(subject, model) if model else 0
 
 
 def _show_plan(doc: dict, degrade: int) -> None:

@@ -108,9 +108,10 @@ def explain(
     body: bytes,
     source_ip: str,
     max_body_bytes: int,
+    bucket: int = 0,
 ) -> dict[str, Any]:
     """The input extauthz builds for this HTTP request and caller: the same parser and
-    builder the service runs on a CheckRequest."""
+    builder the service runs on a CheckRequest (`bucket`: the caller's sticky bucket)."""
     req = CheckRequest()
     http = req.attributes.request.http
     http.method = method
@@ -118,4 +119,4 @@ def explain(
     http.headers.update({k.lower(): v for k, v in headers.items()})
     http.raw_body = body
     req.attributes.source.address.socket_address.address = source_ip
-    return build_input(parse_check_request(req, max_body_bytes), principal)
+    return build_input(parse_check_request(req, max_body_bytes), principal, bucket)

@@ -39,7 +39,7 @@ def test_every_documented_command_parses(line: str) -> None:
 def test_every_command_group_registers_its_own_parser() -> None:
     groups = [m.name for m in pkgutil.iter_modules(extauthz.cli.__path__) if m.name != "common"]
     assert sorted(groups) == [
-        *["analytics", "audit", "dev", "devices", "keys", "policy", "serve", "throttle"]
+        *["analytics", "audit", "dev", "devices", "keys", "models", "policy", "serve", "throttle"]
     ]
     for name in groups:
         assert callable(importlib.import_module(f"extauthz.cli.{name}").register)
