@@ -45,6 +45,7 @@ def test_every_command_group_registers_its_own_parser() -> None:
         assert callable(importlib.import_module(f"extauthz.cli.{name}").register)
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert list(commands) == [
-        *["serve", "keys", "envoy", "policy", "dev", "devices", "throttle", "quarantine"],
+        *["serve", "keys", "envoy", "policy", "models", "dev", "devices", "throttle"],
+        "quarantine",
         *["analytics", "audit"],
     ]
