@@ -107,7 +107,8 @@ def _change(
         time.sleep(2 * settings.revision_poll_interval + 0.05)
         if envoy == "after":
             time.sleep(drain)  # requests already routed to the version finish
-            _envoy(settings, after)
+            _envoy(settings, after)  # routes no longer name it
+            _envoy(settings, after, prune=True)  # then its cluster goes
     audited = audit_action(
         f"models.{action}",
         model,
@@ -136,12 +137,56 @@ def _weights_or_none(catalog: dict[str, Any], model: str) -> dict[str, Any] | No
     }
 
 
-def _envoy(settings: Settings, catalog: dict[str, Any]) -> None:
-    """Envoy's routes and clusters for `catalog`, through the edge generator's dynamic files;
-    returns once the running Envoy has loaded them."""
-    from extauthz.edge.rollout import apply_catalog
+def _envoy(settings: Settings, catalog: dict[str, Any], *, prune: bool = False) -> None:
+    """Envoy's routes and model clusters for `catalog`, written as the edge generator's dynamic
+    files (RDS/CDS, extauthz/edge/render.py); returns once the running Envoy has loaded them.
+    Without `prune` clusters no route names any more stay (requests may still be on them)."""
+    from extauthz.dev.devstack import Stack
+    from extauthz.edge.catalog import parse_catalog
 
-    apply_catalog(settings, catalog)
+    stack = Stack(settings)
+    stack.update_routes(parse_catalog(catalog), prune=prune)  # clusters first, then routes
+    admin = f"http://127.0.0.1:{settings.envoy_admin_port}"
+    _wait_for_routes(admin, stack.envoy_dir / "xds" / "rds" / "routes.json")
+    if prune:
+        _wait_for_clusters(admin, _clusters_file(stack.envoy_dir / "xds" / "cds" / "clusters.json"))
+
+
+def _admin_json(url: str) -> Any:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 - Envoy's local admin
+        return json.loads(resp.read())
+
+
+def _wait_for_routes(admin: str, rds_file, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    """Until Envoy serves the route configuration version the RDS file holds."""
+    want = json.loads(rds_file.read_text())["version_info"]
+    deadline = time.monotonic() + timeout
+    while True:
+        dump = _admin_json(f"{admin}/config_dump?resource=dynamic_route_configs")
+        if any(c.get("version_info") == want for c in dump.get("configs", [])):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Envoy did not load routes {want}")
+        time.sleep(0.05)
+
+
+def _clusters_file(cds_file) -> set[str]:  # type: ignore[no-untyped-def]
+    return {r["name"] for r in json.loads(cds_file.read_text())["resources"]}
+
+
+def _wait_for_clusters(admin: str, names: set[str], timeout: float = 10.0) -> None:
+    """Until Envoy's dynamic model clusters are exactly those the CDS file names."""
+    deadline = time.monotonic() + timeout
+    while True:
+        dump = _admin_json(f"{admin}/config_dump?resource=dynamic_active_clusters")
+        active = {c["cluster"]["name"] for c in dump.get("configs", [])}
+        if active == names:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Envoy's clusters {sorted(active)}, not {sorted(names)}")
+        time.sleep(0.05)
 
 
 def cmd_models_shift(args: argparse.Namespace) -> int:
