@@ -155,6 +155,22 @@ def test_policy_input(benchmark, view, principal) -> None:  # type: ignore[no-un
     assert doc["request"]["model"] == "digits"
 
 
+def test_policy_sticky_bucket(benchmark, principal) -> None:  # type: ignore[no-untyped-def]
+    """The caller's bucket on a model (model versions): a keyed BLAKE2b per decision."""
+    from extauthz.policy.rollout import StickyBucket, bucket_key
+
+    bucket = StickyBucket(bucket_key(b"bench pepper"))
+    assert 0 <= benchmark(bucket, principal.subject, "digits") < 100  # a caller seen lately
+
+
+def test_policy_sticky_bucket_first_time(benchmark, principal) -> None:  # type: ignore[no-untyped-def]
+    """The keyed hash itself (a caller not seen lately)."""
+    from extauthz.policy.rollout import StickyBucket, bucket_key
+
+    bucket = StickyBucket(bucket_key(b"bench pepper"))
+    assert 0 <= benchmark(bucket.compute, principal.subject, "digits") < 100
+
+
 def test_policy_opa_call(benchmark, opa, view, principal, loop) -> None:  # type: ignore[no-untyped-def]
     """One POST to OPA (a decision-cache miss), the input built once outside the loop."""
     policy_input = build_input(view, principal)

@@ -130,3 +130,11 @@ async def test_the_engine_puts_the_bucket_in_the_input() -> None:
     await engine.decide(parse_check_request(check_request("GET", "/healthz"), 1024), ALICE)
     assert seen[0]["request"]["bucket"] == BUCKET("alice", "digits")
     assert seen[1]["request"]["bucket"] == 0  # no model, no bucket
+
+
+def test_remembered_buckets_are_the_computed_ones_and_bounded() -> None:
+    small = StickyBucket(bucket_key(b"pepper-a"), size=8)
+    got = [small(f"user-{i}", "digits") for i in range(50)]
+    assert got == [BUCKET.compute(f"user-{i}", "digits") for i in range(50)]
+    assert got == [small(f"user-{i}", "digits") for i in range(50)]
+    assert len(small._seen) <= 8
