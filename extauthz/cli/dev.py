@@ -33,7 +33,13 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     if kept:
         print(f"already running, left alone: {', '.join(kept)}", file=sys.stderr)
     s = stack.settings
-    print(f"envoy     {stack.envoy_url}  (admin http://127.0.0.1:{s.envoy_admin_port})")
+    print(
+        f"https     {stack.envoy_tls_url}  (TLS; its certificate from the dev CA, "
+        f"{stack.dev_ca.ca_file})"
+    )
+    print(f"mtls      {stack.envoy_mtls_url}  (client certificates from the dev CA)")
+    print(f"http      {stack.envoy_url}  (plain HTTP: local development only)")
+    print(f"envoy     admin http://127.0.0.1:{s.envoy_admin_port}  config {stack.envoy_dir}")
     print(f"extauthz  grpc 127.0.0.1:{s.port}")
     print(f"opa       http://127.0.0.1:{s.opa_port}")
     print(f"redis     redis://127.0.0.1:{s.redis_port}")
@@ -86,7 +92,10 @@ def cmd_dev_certs(args: argparse.Namespace) -> int:
     ca = stack.dev_ca
     ca.ensure()
     print(f"CA:      {ca.ca_file}")
-    print(f"server:  {ca.server_cert} (Envoy's mTLS listener, {stack.envoy_mtls_url})")
+    print(
+        f"server:  {ca.server_cert} (Envoy's TLS listeners, {stack.envoy_tls_url} and "
+        f"{stack.envoy_mtls_url})"
+    )
     if args.client:
         if not (args.uri or args.dns):
             print("a client certificate needs --uri and/or --dns", file=sys.stderr)
@@ -97,9 +106,28 @@ def cmd_dev_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_render(args: argparse.Namespace) -> int:
+    """The generated configuration (extauthz/edge/): by default the files the stack's Envoy
+    runs on (bootstrap printed; RDS/CDS/SDS files named on stderr); `--static`: one
+    self-contained file with routes, clusters and certificates inline."""
+    from extauthz.edge.build import gateway_ports
+    from extauthz.edge.render import write_static
+
     stack = _stack()
     stack.logs.mkdir(parents=True, exist_ok=True)
-    print(stack.render_envoy().read_text())
+    if args.static:
+        stack.prepare_identity()
+        path = write_static(
+            stack.settings,
+            stack.envoy_dir / "static.json",
+            stack.envoy_files(),
+            gateway_ports(stack.settings),
+            stack.catalog(),
+        )
+        print(path.read_text(), end="")
+        return 0
+    print(stack.render_envoy().read_text(), end="")
+    for path in sorted(stack.envoy_dir.glob("*/**/*.json")):
+        print(f"dynamic resources: {path}", file=sys.stderr)
     return 0
 
 
@@ -107,9 +135,13 @@ def register_envoy(sub: argparse._SubParsersAction) -> None:
     envoy = sub.add_parser("envoy", help="Envoy configuration").add_subparsers(
         dest="envoy_command", required=True
     )
-    envoy.add_parser("render", help="print the Envoy config for the current settings").set_defaults(
-        func=cmd_envoy_render
+    render = envoy.add_parser("render", help="write and print the Envoy config for the settings")
+    render.add_argument(
+        "--static",
+        action="store_true",
+        help="one self-contained file (routes, clusters, certificates inline)",
     )
+    render.set_defaults(func=cmd_envoy_render)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
