@@ -18,7 +18,7 @@ from extauthz.dev.certs import DevCA
 from extauthz.dev.devstack import Stack, find_envoy
 from extauthz.dev.issuer import DevIssuer
 from extauthz.edge import build, render
-from extauthz.edge.catalog import catalog_file, load_catalog
+from extauthz.edge.catalog import catalog_file, load_catalog, parse_catalog
 from extauthz.settings import Settings
 from tests.e2e.conftest import Keys
 from tests.e2e.payloads import DIGITS
@@ -173,11 +173,17 @@ def test_rewritten_routes_and_clusters_are_picked_up_without_a_restart(
     assert "model-digits-v1" in dumped_clusters(stack)
     assert stat(stack, "cluster_manager.cds.update_success") > cds
     assert stat(stack, "http.inference.rds.inference.update_success") > rds
-    # a versioned model without the header extauthz sets gets no route: a generic 404; a
-    # client's own x-extauthz-model-version is stripped by extauthz before routing
-    for extra in ({}, {build.VERSION_HEADER: "v1"}):
+    # extauthz picks the version (the policy's data says v1) and sets the header Envoy routes
+    # on; a client's own x-extauthz-model-version is overwritten before routing
+    for extra in ({}, {build.VERSION_HEADER: "v9"}):
         resp = gateway.post(DIGITS_URL, json=DIGITS, headers={**headers, **extra})
-        assert resp.status_code == 404 and resp.json() == {"error": "not_found"}, resp.text
+        assert resp.status_code == 200 and resp.json()["model_version"] == "v1", resp.text
+    # a version Envoy has no route for (only v9 routed, the policy still says v1): a generic 404
+    only_v9 = {**versioned_digits["digits"], "versions": {"v9": {"weight": 100}}}
+    stack.update_routes(parse_catalog({**versioned_digits, "digits": only_v9}))
+    wait_until(lambda: "model/digits/v9" in dumped_routes(stack))
+    resp = gateway.post(DIGITS_URL, json=DIGITS, headers=headers)
+    assert resp.status_code == 404 and resp.json() == {"error": "not_found"}, resp.text
     # back to one route: the version's cluster stays until pruned
     del versioned_digits["digits"]["versions"]
     catalog_file(stack.policy_dir).write_text(json.dumps(versioned_digits))
