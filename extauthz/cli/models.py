@@ -92,7 +92,11 @@ def _change(
             print(f"models {action}: {exc}", file=sys.stderr)
             return 2
         if envoy == "before":
-            _envoy(settings, after)
+            try:
+                _envoy(settings, after)
+            except (OSError, TimeoutError) as exc:  # nothing changed for the policy
+                print(f"models {action}: Envoy did not take the new routes: {exc}", file=sys.stderr)
+                return 1
         write_catalog(path, after)
         outcome = "ok"
         try:
@@ -107,8 +111,16 @@ def _change(
         time.sleep(2 * settings.revision_poll_interval + 0.05)
         if envoy == "after":
             time.sleep(drain)  # requests already routed to the version finish
-            _envoy(settings, after)  # routes no longer name it
-            _envoy(settings, after, prune=True)  # then its cluster goes
+            try:
+                _envoy(settings, after)  # routes no longer name it
+                _envoy(settings, after, prune=True)  # then its cluster goes
+            except (OSError, TimeoutError) as exc:  # the policy no longer picks it: harmless
+                outcome = "policy changed, Envoy not"
+                print(
+                    f"models {action}: the policy no longer serves it, but Envoy's routes were "
+                    f"not updated ({exc}); run `extauthz models sync` when Envoy is up",
+                    file=sys.stderr,
+                )
     audited = audit_action(
         f"models.{action}",
         model,
@@ -242,6 +254,27 @@ def cmd_models_remove(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_models_sync(args: argparse.Namespace) -> int:
+    """Envoy's routes and model clusters from the catalog as it is (after a hand edit, or a
+    change Envoy missed); clusters no route names are removed."""
+    from extauthz.policy.versions import CatalogError, read_catalog, validate
+
+    settings = load_settings()
+    catalog = read_catalog(_catalog_path(settings))
+    try:
+        validate(catalog)
+        _envoy(settings, catalog)
+        _envoy(settings, catalog, prune=True)
+    except CatalogError as exc:
+        print(f"models sync: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, TimeoutError) as exc:
+        print(f"models sync: Envoy did not take the routes: {exc}", file=sys.stderr)
+        return 1
+    print("Envoy's routes and model clusters follow the catalog")
+    return 0
+
+
 def _weight(text: str) -> int:
     try:
         value = int(text)
@@ -301,3 +334,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "default 20: more than the model routes' timeout)",
     )
     mremove.set_defaults(func=cmd_models_remove)
+    msync = models.add_parser(
+        "sync", help="Envoy's routes and model clusters from the catalog as it is (no restart)"
+    )
+    msync.set_defaults(func=cmd_models_sync)

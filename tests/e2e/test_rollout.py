@@ -145,6 +145,36 @@ def test_an_explicit_version_needs_eligibility(
     )
 
 
+def test_a_shaped_answer_comes_from_the_version_chosen(
+    stack: Stack, gateway: httpx.Client, rollout: None
+) -> None:
+    """Shaping has its own route (ext_proc); for a versioned model it too goes by the header."""
+    scores = infer(DIGITS["inputs"][0]["data"], ["predict_proba"])
+    direct = httpx.post(
+        f"http://127.0.0.1:{stack.settings.model_port}/v2/models/digits/versions/v2/infer",
+        json=scores,
+    ).json()
+    top = round(max(direct["outputs"][0]["data"]), 2)
+    v1 = httpx.post(
+        f"http://127.0.0.1:{stack.settings.model_port}/v2/models/digits/versions/v1/infer",
+        json=scores,
+    ).json()
+    assert round(max(v1["outputs"][0]["data"]), 2) != top  # the versions tell apart
+    cli(stack, "throttle", "degrade", "--subject", TESTER, "--level", "2", "--ttl", "60")
+    try:
+        resp = gateway.post(
+            "/v2/models/digits/infer",
+            json=scores,
+            headers={"authorization": f"Bearer {token(stack, TESTER, PLAIN)}"},
+        )
+    finally:
+        cli(stack, "throttle", "degrade", "--subject", TESTER, "--level", "0")
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["model_version"] == "v2"
+    proba = next(o for o in resp.json()["outputs"] if o["name"] == "predict_proba")
+    assert proba["shape"] == [1, 1] and proba["data"] == [top]  # v2's top score, shaped
+
+
 def test_shift_promote_rollback(stack: Stack, gateway: httpx.Client, rollout: None) -> None:
     out = models(stack, "shift", "digits", "--version", "v2", "--weight", "50")
     assert "v1=50 v2=50" in out
@@ -355,3 +385,5 @@ def test_no_request_fails_during_shift_promote_rollback_remove_add(
     assert total >= 0.9 * load.rate * elapsed  # the load really was steady
     assert load.versions["v1"] > 0 and load.versions["v2"] > 0
     assert read_catalog(catalog_file(stack.policy_dir))["digits"]["versions"]["v2"]["weight"] == 0
+    assert "follow the catalog" in models(stack, "sync")
+    assert {"model-digits-v1", "model-digits-v2"} <= envoy_clusters(stack)
