@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import statistics
 import threading
 import time
@@ -332,7 +333,10 @@ def test_no_request_fails_during_shift_promote_rollback_remove_add(
     bearers = [token(stack, f"load-{i}") for i in range(30)]
     bearers += [token(stack, f"load-plain-{i}", PLAIN) for i in range(9)]
     bearers.append(token(stack, TESTER, PLAIN))
-    load = Load(stack.envoy_url, bearers, rows)
+    # the test's load; ROLLOUT_LOAD_RPS / ROLLOUT_LOAD_CONCURRENCY try others (README, Measured)
+    rate = float(os.environ.get("ROLLOUT_LOAD_RPS", "40"))
+    concurrency = int(os.environ.get("ROLLOUT_LOAD_CONCURRENCY", "16"))
+    load = Load(stack.envoy_url, bearers, rows, rate, concurrency)
     thread = threading.Thread(target=load.run, daemon=True)
     thread.start()
     steps = []
