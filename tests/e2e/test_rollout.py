@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 import pytest
@@ -176,7 +177,10 @@ def test_a_shaped_answer_comes_from_the_version_chosen(
     assert proba["shape"] == [1, 1] and proba["data"] == [top]  # v2's top score, shaped
 
 
-def test_shift_promote_rollback(stack: Stack, gateway: httpx.Client, rollout: None) -> None:
+def test_shift_promote_rollback(
+    stack: Stack, gateway: httpx.Client, rollout: None, tmp_path: Path
+) -> None:
+    started = time.time()
     out = models(stack, "shift", "digits", "--version", "v2", "--weight", "50")
     assert "v1=50 v2=50" in out
 
@@ -223,6 +227,20 @@ def test_shift_promote_rollback(stack: Stack, gateway: httpx.Client, rollout: No
     # nothing left to roll back to: a clear error, nothing changed
     refused = cli_fails(stack, "models", "rollback", "digits")
     assert refused.returncode == 2 and "nothing to roll back" in refused.stderr
+
+    # each change is on the audit trail's ops chain, with the weights before and after
+    export = tmp_path / "ops.jsonl"
+    cli(stack, "audit", "export", "--out", str(export))
+    ops = [json.loads(line) for line in export.read_bytes().splitlines()]
+    ops = [r for r in ops if r.get("kind") == "operator" and r["ts"] >= started]
+    assert [(r["action"], r["target"], r["outcome"]) for r in ops] == [
+        ("models.shift", "digits", "ok"),
+        ("models.rollback", "digits", "ok"),
+        ("models.promote", "digits", "ok"),
+        ("models.rollback", "digits", "ok"),
+    ]
+    assert ops[0]["details"]["before"]["weights"] == {"v1": 100, "v2": 0}
+    assert ops[0]["details"]["after"]["weights"] == {"v1": 50, "v2": 50}
 
 
 def cli_fails(stack: Stack, *args: str):  # type: ignore[no-untyped-def]
