@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from extauthz.audit.chain import record_hash
 from extauthz.audit.sink import _field, _seq_of, entry_last_seq, read_base, stream_key
+from extauthz.audit.spool import fsync_dir
 from extauthz.audit.verify import SUFFIX, Verifier
 from extauthz.store.schema import audit_base, render_lua
 
@@ -134,7 +135,7 @@ def archive_writer(
             return None
         path = directory / f"{first:020d}-{last:020d}{SUFFIX}"
         os.replace(tmp, path)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     finally:
         tmp.unlink(missing_ok=True)
     sha = digest.hexdigest()
@@ -156,11 +157,3 @@ def archive_writer(
         path.unlink(missing_ok=True)
         raise ArchiveRefused(f"{writer}: another archiver moved the anchor; nothing trimmed")
     return Archived(writer, first, last, records, trimmed, path, sha)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

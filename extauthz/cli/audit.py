@@ -34,6 +34,11 @@ def _public_keys(settings: Settings, given: list[str]) -> dict[str, Any]:
     return {key_id(k): k for k in keys}
 
 
+def _no_keys() -> int:
+    print("no public key to check signatures with (--public-key)", file=sys.stderr)
+    return 2
+
+
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
     from extauthz.audit.sink import sync_redis_client
 
@@ -62,8 +67,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     settings = load_settings()
     keys = _public_keys(settings, args.public_key)
     if not keys:
-        print("no public key to check signatures with (--public-key)", file=sys.stderr)
-        return 2
+        return _no_keys()
     started = time.perf_counter()
     if args.file:
         lines = read_file(Path(args.file))
@@ -137,8 +141,7 @@ def cmd_audit_archive(args: argparse.Namespace) -> int:
     settings = load_settings()
     keys = _public_keys(settings, args.public_key)
     if not keys:
-        print("no public key to check signatures with (--public-key)", file=sys.stderr)
-        return 2
+        return _no_keys()
     out_dir = Path(args.out_dir) if args.out_dir else audit_archive_dir(settings)
     older = settings.audit_keep_seconds if args.older_than is None else args.older_than
     failed, audited = 0, True
