@@ -40,6 +40,7 @@ def rollout(stack: Stack) -> Iterator[None]:
     yield
     path.write_text(original)
     push_to_opa(stack.settings.opa_url, json.loads(original))
+    cli(stack, "models", "sync")  # Envoy's routes and clusters as the catalog says
     time.sleep(1.0)  # every worker on the restored revision
 
 
