@@ -205,6 +205,19 @@ class Stack:
             self.settings, self.envoy_dir, self.envoy_files(), ports, self.catalog()
         )
 
+    def rotate_certificate(self) -> int:
+        """Issue Envoy's listeners a new certificate from the dev CA and deliver it by SDS: the
+        running Envoy serves it on new connections, no restart. Returns its serial number."""
+        from extauthz.edge.render import write_tls_secret
+
+        cert = self.dev_ca.issue_server()
+        write_tls_secret(
+            self.envoy_dir / "sds" / "secret.json",
+            self.dev_ca.server_cert.read_bytes(),
+            self.dev_ca.server_key.read_bytes(),
+        )
+        return cert.serial_number
+
     def update_routes(
         self, models: tuple[Model, ...] | None = None, *, prune: bool = False
     ) -> None:

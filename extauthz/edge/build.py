@@ -749,6 +749,10 @@ def model_cluster(name: str, s: Settings) -> cluster.Cluster:
     """A cluster toward the model server (or a version of a model on it), with circuit
     breakers and outlier detection (README, "The edge": why these values)."""
     out = static_cluster(name, s.model_port, h2=False, connect_timeout=0.5)
+    # the edge guide's 32 KiB: how much Envoy reads ahead from the model server before it
+    # stops reading (backpressure); a shaped answer is still buffered whole, up to the
+    # listener's limit
+    out.per_connection_buffer_limit_bytes = 32768
     limit = s.envoy_model_max_requests
     out.circuit_breakers = cluster.CircuitBreakers(
         thresholds=[
