@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import os
@@ -192,7 +193,8 @@ class Service:
     events: QueryEmitter | None = None
 
     async def start(self) -> None:
-        self.decision_log.start()
+        # off the event loop: opening the audit spool may wait for its previous holder's lock
+        await asyncio.to_thread(self.decision_log.start)
         await warn_if_not_persistent(self.redis)  # keys and devices must survive its restart
         await self.opa.start()
         await self.watcher.poll_once()  # a cold cache and fallback table are ready at once
@@ -211,7 +213,8 @@ class Service:
             await self.shadow.drain()
         await self.opa.close()
         await self.redis.aclose()
-        self.decision_log.stop()
+        # off the event loop: the last batch, the audit trail's signature and the shipper's drain
+        await asyncio.to_thread(self.decision_log.stop)
 
 
 def auto_threat(settings: Settings, redis: aioredis.Redis) -> AutoThreat | None:

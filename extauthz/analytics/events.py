@@ -16,7 +16,6 @@ body over `max_body` is replaced (in the background) by its canonical rows, at m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import zlib
@@ -28,6 +27,7 @@ import orjson
 from redis.exceptions import RedisError
 
 from extauthz.metrics import ANALYTICS_EVENTS
+from extauthz.periodic import stop_task
 from extauthz.store.schema import analytics_stream, source_prefix
 from extauthz.types import Decision, RequestView, Status
 from extauthz.v2body import read_body
@@ -105,6 +105,7 @@ class QueryEmitter:
         self._queue: deque[tuple[int, RequestView, Decision]] = deque()
         self._bytes = 0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def emit(self, view: RequestView, decision: Decision) -> None:
         """Queue an allowed inference decision; never blocks, never raises on a full queue."""
@@ -119,19 +120,19 @@ class QueryEmitter:
 
     def start(self) -> None:
         if self._task is None:
+            self._stopping = False
             self._task = asyncio.create_task(self._run(), name="analytics-events")
 
     async def stop(self) -> None:
         """Send what is queued (best effort), then stop."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping = True
+            await stop_task(self._task)
             self._task = None
         await self.flush()
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self._interval)
             await self.flush()
 

@@ -44,9 +44,6 @@ async def flood(stack: Stack, source: str, **settings: Any) -> dict[str, Any]:
             "decision_log": os.devnull,
             "opa_timeout": 5.0,
             "shadow_decision_path": "",
-            # the audit trail is not what this measures; with it on, this flood hung once in three
-            # runs (issue 14 stays open on it: an in-process service that never closed)
-            "audit_enabled": False,
             **settings,
         }
     )
