@@ -21,6 +21,7 @@ from bench.envoy_bench import bench_config
 from extauthz.dev.certs import DevCA
 from extauthz.dev.devstack import Stack, find_envoy
 from extauthz.dev.issuer import DevIssuer
+from extauthz.dev.runner import free_ports
 from extauthz.edge import build, render
 from extauthz.edge.catalog import catalog_file, load_catalog
 from extauthz.settings import Settings
@@ -353,3 +354,62 @@ def test_limits_and_breakers_are_what_envoy_runs_with(stack: Stack) -> None:
     by_name = {r["name"]: r for r in routes[0]["route_config"]["virtual_hosts"][0]["routes"]}
     assert by_name["model/echo"]["route"]["timeout"] == "5s"
     assert by_name["model/digits"]["route"]["timeout"] == f"{s.envoy_route_timeout:g}s"
+
+
+@pytest.fixture(scope="module")
+def small_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A second Envoy (same extauthz, OPA, Redis, model server) allowed 3 connections in all."""
+    envoy, admin_port, mtls, tls = free_ports(4)
+    settings = stack.settings.model_copy(
+        update={
+            "run_dir": tmp_path_factory.mktemp("small"),
+            "envoy_port": envoy,
+            "envoy_admin_port": admin_port,
+            "envoy_mtls_port": mtls,
+            "envoy_tls_port": tls,
+            "envoy_max_connections": 3,
+        }
+    )
+    second = Stack(settings, redis_aof=False)
+    second.up(["envoy"])
+    try:
+        yield second
+    finally:
+        second.down(["envoy"])
+
+
+def test_past_the_global_connection_limit_new_connections_are_closed(small_gateway: Stack) -> None:
+    request = b"GET /v2/health/ready HTTP/1.1\r\nhost: x\r\n\r\n"
+
+    def answered(sock: socket.socket) -> bool:
+        try:
+            sock.sendall(request)
+            return sock.recv(64).startswith(b"HTTP/1.1 ")
+        except OSError:  # reset
+            return False
+
+    port = small_gateway.settings.envoy_port
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+    try:
+        assert all(answered(sock) for sock in held)  # (a generic 401: no credentials)
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as fourth:
+            assert not answered(fourth)
+        overflow = [
+            int(value)
+            for key, _, value in (
+                line.partition(": ") for line in admin(small_gateway, "/stats").text.splitlines()
+            )
+            if key.endswith("downstream_global_cx_overflow")
+        ]
+        assert sum(overflow) >= 1
+    finally:
+        held.pop().close()
+
+    # one released: a new connection is served again
+    def fresh() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            return answered(sock)
+
+    wait_until(fresh)
+    for sock in held:
+        sock.close()
