@@ -83,6 +83,22 @@ class Settings(BaseSettings):
         description="Seconds a stopping service waits for the sink to take its spool; the rest "
         "ships on the next start.",
     )
+    audit_max_pending_records: int = Field(
+        100_000,
+        description="While the audit spool cannot be written (a full disk), at most this many "
+        "chained records are held in memory (~0.7 KB each); beyond, records are dropped and "
+        "counted, and a `lost` record in the chain says how many once the spool works again.",
+    )
+    audit_archive_dir: str = Field(
+        "",
+        description="Where `extauthz audit archive` writes the records it moves out of the "
+        "central store (<dir>/<writer>/<first>-<last>.jsonl). Empty: <run_dir>/audit-archive.",
+    )
+    audit_keep_seconds: float = Field(
+        86400.0,
+        description="`extauthz audit archive` moves records older than this out of the central "
+        "store (the store's memory grows ~0.7 KB per decision until then).",
+    )
     audit_node: str = Field(
         "", description="Name of this host in audit writer ids. Empty: the hostname."
     )

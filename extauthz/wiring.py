@@ -133,6 +133,12 @@ def audit_dir(settings: Settings) -> Path:
     return settings.run_dir / "audit"
 
 
+def audit_archive_dir(settings: Settings) -> Path:
+    if settings.audit_archive_dir:
+        return Path(settings.audit_archive_dir)
+    return settings.run_dir / "audit-archive"
+
+
 def audit_key_file(settings: Settings) -> Path:
     if settings.audit_signing_key_file:
         return Path(settings.audit_signing_key_file)
@@ -177,6 +183,7 @@ def _audit_writer(settings: Settings, directory: Path) -> AuditWriter:
         checkpoint_interval=settings.audit_checkpoint_interval,
         drain_timeout=settings.audit_drain_timeout,
         fsync_interval=settings.audit_fsync_interval,
+        max_pending=settings.audit_max_pending_records,
     )
 
 

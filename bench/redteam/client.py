@@ -44,8 +44,8 @@ class Exhausted(Stopped):
     """The query budget is spent."""
 
 
-def parse_policy(value: str) -> dict[str, tuple[int, int]]:
-    """`"minute";q=1000;w=60, "second";q=50;w=1` → {name: (q, w)}."""
+def _parse_items(value: str, first: str, second: str) -> dict[str, tuple[int, int]]:
+    """`"name";<first>=1;<second>=2, ...` → {name: (1, 2)}; malformed items are skipped."""
     out: dict[str, tuple[int, int]] = {}
     for item in value.split(","):
         parts = [p.strip() for p in item.split(";")]
@@ -53,25 +53,20 @@ def parse_policy(value: str) -> dict[str, tuple[int, int]]:
             continue
         fields = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
         try:
-            out[parts[0].strip('"')] = (int(fields["q"]), int(fields["w"]))
+            out[parts[0].strip('"')] = (int(fields[first]), int(fields[second]))
         except (KeyError, ValueError):
             continue
     return out
+
+
+def parse_policy(value: str) -> dict[str, tuple[int, int]]:
+    """`"minute";q=1000;w=60, "second";q=50;w=1` → {name: (q, w)}."""
+    return _parse_items(value, "q", "w")
 
 
 def parse_state(value: str) -> dict[str, tuple[int, int]]:
     """`"minute";r=3;t=41, ...` → {name: (r, t)}."""
-    out: dict[str, tuple[int, int]] = {}
-    for item in value.split(","):
-        parts = [p.strip() for p in item.split(";")]
-        if not parts or not parts[0]:
-            continue
-        fields = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
-        try:
-            out[parts[0].strip('"')] = (int(fields["r"]), int(fields["t"]))
-        except (KeyError, ValueError):
-            continue
-    return out
+    return _parse_items(value, "r", "t")
 
 
 class Probe:

@@ -12,11 +12,19 @@ refuses a shipment whose first seq the stream already holds, so a retry never du
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
 
-from extauthz.store.schema import AUDIT_WRITERS, audit_last, audit_stream
+from extauthz.audit.chain import GENESIS
+from extauthz.store.schema import (
+    AUDIT_WRITERS,
+    AuditBaseFields,
+    audit_base,
+    audit_last,
+    audit_stream,
+)
 
 WRITERS_KEY = AUDIT_WRITERS
 OPS_WRITER = "ops"  # the chain of operator actions (the CLI appends to it directly)
@@ -127,6 +135,30 @@ def read_stream(redis: Any, writer: str, chunk: int = 500) -> Iterator[tuple[int
         if len(entries) < chunk:
             return
         start = f"{_seq_of(entries[-1][0])}-1"
+
+
+@dataclass(frozen=True)
+class Base:
+    """Where a writer's stream begins: records 1..seq are archived; record seq has hash head."""
+
+    seq: int = 0
+    head: str = GENESIS
+    file: str = ""
+    sha256: str = ""
+
+
+def read_base(redis: Any, writer: str) -> Base:
+    raw = redis.hgetall(audit_base(writer))
+    if not raw:
+        return Base()
+    f = AuditBaseFields
+    doc = {(k.decode() if isinstance(k, bytes) else k): v for k, v in raw.items()}
+
+    def text(name: str) -> str:
+        value = doc.get(name, b"")
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    return Base(int(text(f.SEQ) or 0), text(f.HEAD) or GENESIS, text(f.FILE), text(f.SHA256))
 
 
 def sync_redis_client(settings: Any, timeout: float) -> Any:

@@ -97,7 +97,7 @@ class Spool:
         if not id_file.exists():
             # a new spool is a new chain: an id of its own, so it never collides with an old one
             id_file.write_text(f"{self._writer_prefix}-{secrets.token_hex(4)}\n")
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         self.writer = id_file.read_text().strip()
         self._prefix_len = len(b'{"w":' + orjson.dumps(self.writer) + b',"seq":')
         seq, head = 0, GENESIS
@@ -191,7 +191,7 @@ class Spool:
                 os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                 0o600,
             )
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
             durable = Durable(self._segment, 0, self._written_seq)
         self._mark(durable)
         with self._cond:
@@ -305,7 +305,7 @@ class Spool:
         return sum(p.stat().st_size for p in self.directory.glob(f"*{SUFFIX}"))
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)

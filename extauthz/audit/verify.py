@@ -21,7 +21,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from extauthz.audit.chain import GENESIS, checkpoint_message
-from extauthz.audit.sink import read_stream, stream_key, writers
+from extauthz.audit.sink import read_base, read_stream, stream_key, writers
+
+SUFFIX = ".jsonl"  # archive files (extauthz/audit/archive.py)
 
 PROBLEMS = (
     "malformed",
@@ -57,6 +59,7 @@ class _Writer:
     signed_line: int | None = None
     records: int = 0
     checkpoints: int = 0
+    anchored: int = 0  # the chain is checked from after this seq (records before: archived)
 
 
 @dataclass
@@ -75,10 +78,19 @@ class Verifier:
         self._keys = keys
         self.report = Report()
 
+    def anchor(self, writer: str, seq: int, head: str) -> None:
+        """Begin `writer`'s chain after record `seq` with hash `head` (a trimmed store's base:
+        what came before is archived). The anchor counts as signed: every later checkpoint
+        covers it, and an unsigned tail is still named."""
+        if seq:
+            self.report.writers[writer] = _Writer(seq=seq, head=head, signed_seq=seq, anchored=seq)
+
     def feed(self, line: bytes, line_no: int | None = None) -> Problem | None:
         """Check one record against its writer's chain; the first problem sticks."""
         try:
             doc = orjson.loads(line)
+            if "anchor" in doc and "seq" not in doc:  # an export of a trimmed chain begins so
+                return self._anchor_line(doc, line_no)
             writer, seq, prev = doc["w"], doc["seq"], doc["prev"]
             if not (isinstance(writer, str) and isinstance(seq, int) and isinstance(prev, str)):
                 raise TypeError
@@ -137,6 +149,15 @@ class Verifier:
                     )
                     break
         return self.report
+
+    def _anchor_line(self, doc: dict[str, Any], line_no: int | None) -> Problem | None:
+        writer, seq, head = doc.get("w"), doc.get("anchor"), doc.get("head")
+        if not (isinstance(writer, str) and isinstance(seq, int) and isinstance(head, str)):
+            return self._fail("malformed", "?", None, line_no, "not an anchor")
+        if writer in self.report.writers:
+            return self._fail("malformed", writer, seq, line_no, "an anchor after records")
+        self.anchor(writer, seq, head)
+        return None
 
     def _checkpoint(
         self, doc: dict[str, Any], writer: str, seq: int, prev: str, line_no: int | None
@@ -200,14 +221,38 @@ def read_file(path: Path) -> list[bytes]:
 
 
 def verify_store(
-    redis: Any, keys: dict[str, Ed25519PublicKey], allow_unsigned_tail: bool = True
+    redis: Any,
+    keys: dict[str, Ed25519PublicKey],
+    allow_unsigned_tail: bool = True,
+    archive_dir: Path | None = None,
 ) -> Report:
-    """Every writer the store names: its whole stream, in order."""
+    """Every writer the store names: its whole stream, in order, from its anchor (what an
+    archive run left, `archive.read_base`); with `archive_dir`, from its first record: the
+    archive files first, then the stream, which must go on exactly where they end."""
     verifier = Verifier(keys)
-    for writer in writers(redis):
+    names = writers(redis)
+    if archive_dir is not None:
+        missing = sorted(set(archived_writers(archive_dir)) - set(names))
+        if missing:
+            verifier._fail("missing_stream", missing[0], None, None, "archived, not in the store")
+            return verifier.report
+    for writer in names:
         if not redis.exists(stream_key(writer)):
             verifier._fail("missing_stream", writer, None, None, "named, but its stream is gone")
             return verifier.report
+        if archive_dir is None:
+            base = read_base(redis, writer)
+            verifier.anchor(writer, base.seq, base.head)
+        else:
+            for line in archived_lines(archive_dir, writer):
+                if verifier.feed(line) is not None:
+                    problem = verifier.report.problem
+                    assert problem is not None
+                    verifier.report.problem = Problem(
+                        problem.kind, problem.writer, problem.seq, None,
+                        problem.detail + f" (in the archive {archive_dir / writer})",
+                    )  # fmt: skip
+                    return verifier.report
         for seq, line in read_stream(redis, writer):
             problem = verifier.feed(line)
             if problem is not None:
@@ -226,6 +271,9 @@ def export(redis: Any, out: IO[bytes], include_unsigned: bool = False) -> dict[s
     for writer in writers(redis):
         tail: list[bytes] = []
         written = 0
+        base = read_base(redis, writer)
+        if base.seq:  # the records before it are archived: say where this chain begins
+            out.write(orjson.dumps({"w": writer, "anchor": base.seq, "head": base.head}) + b"\n")
         for _seq, line in read_stream(redis, writer):
             tail.append(line)
             if b'"kind":"checkpoint"' in line:
@@ -239,15 +287,25 @@ def export(redis: Any, out: IO[bytes], include_unsigned: bool = False) -> dict[s
     return counts
 
 
-def search(redis: Any, request_id: str) -> Iterator[dict[str, Any]]:
-    """Decision records whose request_id is `request_id` (a scan of every stream)."""
+def search(
+    redis: Any, request_id: str, archive_dir: Path | None = None
+) -> Iterator[dict[str, Any]]:
+    """Decision records whose request_id is `request_id` (a scan of every stream, and of the
+    archive files first when `archive_dir` is given)."""
     needle = b'"request_id":' + orjson.dumps(request_id)
-    for writer in writers(redis):
-        for _seq, line in read_stream(redis, writer):
+
+    def matching(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+        for line in lines:
             if needle in line:
                 doc = orjson.loads(line)
                 if doc.get("request_id") == request_id:
                     yield doc
+
+    if archive_dir is not None:
+        for writer in archived_writers(archive_dir):
+            yield from matching(archived_lines(archive_dir, writer))
+    for writer in writers(redis):
+        yield from matching(line for _seq, line in read_stream(redis, writer))
 
 
 def lines_matching(path: Path, needles: Iterable[str]) -> list[str]:
@@ -257,3 +315,28 @@ def lines_matching(path: Path, needles: Iterable[str]) -> list[str]:
             return [line.rstrip("\n") for line in f if all(n in line for n in needles)]
     except OSError:
         return []
+
+
+# ---- the archive directory (`audit archive` writes it; verify and search read it)
+def archive_files(out_dir: Path, writer: str) -> list[Path]:
+    """A writer's archive files, oldest first."""
+    directory = out_dir / writer
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob(f"*{SUFFIX}") if p.name[:1].isdigit())
+
+
+def archived_writers(out_dir: Path) -> list[str]:
+    if not out_dir.is_dir():
+        return []
+    return sorted(
+        p.name for p in out_dir.iterdir() if p.is_dir() and archive_files(out_dir, p.name)
+    )
+
+
+def archived_lines(out_dir: Path, writer: str) -> Iterator[bytes]:
+    for path in archive_files(out_dir, writer):
+        with open(path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    yield line.rstrip(b"\n")

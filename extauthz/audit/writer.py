@@ -45,6 +45,7 @@ class AuditWriter:
         checkpoint_interval: float = 2.0,
         drain_timeout: float = 3.0,
         fsync_interval: float = 0.25,
+        max_pending: int = 100_000,
     ) -> None:
         self.spool = spool
         self._key = key
@@ -58,6 +59,12 @@ class AuditWriter:
         self._written = False  # appended since the last fsync
         self._chain: Chain | None = None
         self._pending: list[bytes] = []  # chained lines a failed write still owes the spool
+        # while the spool cannot be written (e.g. a full disk) at most this many chained lines
+        # are held in memory; records beyond are dropped unchained, counted, and a `lost`
+        # record in the chain says how many and when, once the spool takes writes again
+        self._max_pending = max_pending
+        self._lost = 0
+        self._lost_since = 0.0
         self._last_checkpoint = 0.0
         self._signed_seq = 0
         self._stop_shipper = threading.Event()
@@ -120,7 +127,29 @@ class AuditWriter:
     def _write(self, records: list[bytes]) -> None:
         chain = self._chain
         assert chain is not None
-        lines = [chain.link(r[:-1] if r.endswith(b"\n") else r) for r in records if r]
+        records = [r for r in records if r]
+        if self._pending:
+            self._append([])  # what is held first: the spool may take writes again
+        if self._pending:  # still failing (e.g. a full disk) and memory bounded
+            room = max(self._max_pending - len(self._pending), 0)
+            if len(records) > room:
+                if not self._lost:
+                    self._lost_since = time.time()
+                    log.error("audit spool still failing: dropping records beyond %d held", room)
+                self._lost += len(records) - room
+                AUDIT_RECORDS.labels("lost").inc(len(records) - room)
+                records = records[:room]
+        elif self._lost:  # said in the chain itself, before anything newer
+            lost = {
+                "kind": "lost",
+                "ts": round(time.time(), 6),
+                "records": self._lost,
+                "since": round(self._lost_since, 6),
+                "cause": "the spool could not be written; records beyond the memory bound",
+            }
+            self._lost = 0
+            self._append([chain.link(orjson.dumps(lost))])
+        lines = [chain.link(r[:-1] if r.endswith(b"\n") else r) for r in records]
         due = time.monotonic() - self._last_checkpoint >= self.checkpoint_interval
         if due and chain.seq != self._signed_seq:
             lines.append(chain.checkpoint(self._key, self._kid))

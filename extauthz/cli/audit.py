@@ -34,6 +34,11 @@ def _public_keys(settings: Settings, given: list[str]) -> dict[str, Any]:
     return {key_id(k): k for k in keys}
 
 
+def _no_keys() -> int:
+    print("no public key to check signatures with (--public-key)", file=sys.stderr)
+    return 2
+
+
 def _store(settings: Settings):  # type: ignore[no-untyped-def]
     from extauthz.audit.sink import sync_redis_client
 
@@ -43,8 +48,9 @@ def _store(settings: Settings):  # type: ignore[no-untyped-def]
 def _print_report(report: Any, source: str, seconds: float) -> int:
     rate = report.records / seconds if seconds > 0 else 0.0
     for writer, st in sorted(report.writers.items()):
+        since = f" (from seq {st.anchored + 1}: 1..{st.anchored} archived)" if st.anchored else ""
         print(
-            f"  {writer}: {st.records} records through seq {st.seq}, {st.checkpoints} "
+            f"  {writer}: {st.records} records through seq {st.seq}{since}, {st.checkpoints} "
             f"checkpoints, signed through seq {st.signed_seq}"
         )
     print(f"{source}: {report.records} records in {seconds:.3f} s ({rate:,.0f} records/s)")
@@ -61,8 +67,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     settings = load_settings()
     keys = _public_keys(settings, args.public_key)
     if not keys:
-        print("no public key to check signatures with (--public-key)", file=sys.stderr)
-        return 2
+        return _no_keys()
     started = time.perf_counter()
     if args.file:
         lines = read_file(Path(args.file))
@@ -71,7 +76,8 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         return _print_report(report, args.file, time.perf_counter() - started)
     redis = _store(settings)
     try:
-        report = verify_store(redis, keys, allow_unsigned_tail=not args.strict)
+        archive = Path(args.archive) if args.archive else None
+        report = verify_store(redis, keys, allow_unsigned_tail=not args.strict, archive_dir=archive)
     finally:
         redis.close()
     return _print_report(report, "central store", time.perf_counter() - started)
@@ -99,7 +105,8 @@ def cmd_audit_search(args: argparse.Namespace) -> int:
     settings = load_settings()
     redis = _store(settings)
     try:
-        found = list(search(redis, args.request_id))
+        archive = Path(args.archive) if args.archive else None
+        found = list(search(redis, args.request_id, archive))
     finally:
         redis.close()
     if not found:
@@ -125,6 +132,47 @@ def cmd_audit_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit_archive(args: argparse.Namespace) -> int:
+    from extauthz.audit.archive import ArchiveRefused, archive_writer
+    from extauthz.audit.sink import writers
+    from extauthz.cli.common import NOT_AUDITED, audit_action
+    from extauthz.wiring import audit_archive_dir
+
+    settings = load_settings()
+    keys = _public_keys(settings, args.public_key)
+    if not keys:
+        return _no_keys()
+    out_dir = Path(args.out_dir) if args.out_dir else audit_archive_dir(settings)
+    older = settings.audit_keep_seconds if args.older_than is None else args.older_than
+    failed, audited = 0, True
+    while True:
+        redis = _store(settings)
+        try:
+            for writer in writers(redis):
+                try:
+                    done = archive_writer(redis, writer, out_dir, keys, older, args.max_records)
+                except ArchiveRefused as exc:
+                    print(f"REFUSED {exc}", file=sys.stderr)
+                    failed += 1
+                    continue
+                if done is None:
+                    continue
+                print(
+                    f"  {writer}: seq {done.first_seq}..{done.last_seq} ({done.records} records) "
+                    f"-> {done.path}"
+                )
+                audited &= audit_action(
+                    "audit.archive", writer, "ok",
+                    {"first_seq": done.first_seq, "last_seq": done.last_seq,
+                     "records": done.records, "file": done.path.name, "sha256": done.sha256},
+                )  # fmt: skip
+        finally:
+            redis.close()
+        if not args.every:
+            return 1 if failed else (0 if audited else NOT_AUDITED)
+        time.sleep(args.every)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     audit = sub.add_parser(
         "audit", help="the audit trail: verify chains and signatures, export, search"
@@ -135,6 +183,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "exits 1 naming the first bad record",
     )
     verify.add_argument("--file", help="an export (JSON lines) instead of the central store")
+    verify.add_argument(
+        "--archive",
+        metavar="DIR",
+        help="(store) check every chain from its first record: the archive files in DIR "
+        "(`audit archive`), then the store",
+    )
     verify.add_argument(
         "--public-key",
         action="append",
@@ -167,4 +221,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     srch.add_argument("--request-id", required=True)
     srch.add_argument("--access-log", help="Envoy access log (default <run_dir>/logs/...)")
     srch.add_argument("--opa-log", help="OPA's decision log (default <run_dir>/logs/opa.log)")
+    srch.add_argument("--archive", metavar="DIR", help="also search the archive files in DIR")
     srch.set_defaults(func=cmd_audit_search)
+    arch = audit.add_parser(
+        "archive",
+        help="move each chain's oldest records out of the central store into archive files "
+        "(verified first; an anchor stays behind); run it from cron, or with --every",
+    )
+    arch.add_argument(
+        "--older-than",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="archive records older than this (default EXTAUTHZ_AUDIT_KEEP_SECONDS)",
+    )
+    arch.add_argument("--out-dir", help="default EXTAUTHZ_AUDIT_ARCHIVE_DIR")
+    arch.add_argument(
+        "--max-records", type=int, default=1_000_000, help="at most about this many per writer"
+    )
+    arch.add_argument("--public-key", action="append", default=[], help="as for verify")
+    arch.add_argument(
+        "--every", type=float, default=0.0, metavar="SECONDS", help="run again every N seconds"
+    )
+    arch.set_defaults(func=cmd_audit_archive)

@@ -166,6 +166,23 @@ def audit_last(writer: str) -> str:
     return f"ea:{{audit:{writer}}}:last"
 
 
+def audit_base(writer: str) -> str:
+    """Where `audit_stream(writer)` now begins (`AuditBaseFields`): what was archived before it
+    (extauthz/audit/archive.py); the same tag, so trimming and moving the base are one call."""
+    return f"ea:{{audit:{writer}}}:base"
+
+
+class AuditBaseFields:
+    """A trimmed chain's anchor: the last archived record's seq and hash, the archive file it
+    went to (name and SHA-256), when."""
+
+    SEQ = "seq"
+    HEAD = "head"
+    FILE = "file"
+    SHA256 = "sha256"
+    TS = "ts"
+
+
 RISK_PATTERN = "ea:{sub:*}:risk"  # SCAN patterns of the operator listings
 QUARANTINE_PATTERN = "ea:{*}:quarantine"
 
@@ -304,7 +321,12 @@ def decode_hash(raw: dict[Any, Any]) -> dict[str, str]:
 
 
 # The names a Lua script may use, `${prefix_field}` in lower case: `${quarantine_kind}`.
-_LUA = {"record": RecordFields, "quarantine": QuarantineFields, "risk": RiskFields}
+_LUA = {
+    "record": RecordFields,
+    "quarantine": QuarantineFields,
+    "risk": RiskFields,
+    "base": AuditBaseFields,
+}
 
 
 def lua_names() -> dict[str, str]:

@@ -71,3 +71,19 @@ def make_key(stack: Stack) -> Keys:
 def gateway(stack: Stack) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=stack.envoy_url, timeout=10) as client:
         yield client
+
+
+@pytest.fixture(scope="module")
+def behind_a_proxy(stack: Stack) -> Iterator[httpx.Client]:
+    """The module's stack with its extauthz restarted behind one trusted proxy, 127.0.0.1 (the
+    test client), so each client may name its own network in X-Forwarded-For; restored after."""
+    stack.stop("extauthz")
+    update = {"trusted_hops": 1, "trusted_proxies": "127.0.0.1/32"}
+    proxied = Stack(stack.settings.model_copy(update=update), redis_aof=False)
+    try:
+        proxied.up(["extauthz"])
+        with httpx.Client(base_url=stack.envoy_url, timeout=10) as client:
+            yield client
+    finally:
+        proxied.stop("extauthz")
+        stack.up(["extauthz"])

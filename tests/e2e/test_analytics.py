@@ -8,7 +8,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -207,22 +207,6 @@ def test_a_small_step_boundary_walk_is_actioned(
     assert 0 < first <= 200
     risk = r.hgetall(risk_key("an-walk"))
     assert float(risk["multiplier"]) < 1
-
-
-@pytest.fixture(scope="module")
-def behind_a_proxy(stack: Stack) -> Iterator[httpx.Client]:
-    """extauthz behind one trusted proxy (the test client), so each client may have its own
-    network (X-Forwarded-For), as in test_client_address.py; restored afterwards."""
-    stack.stop("extauthz")
-    update = {"trusted_hops": 1, "trusted_proxies": "127.0.0.1/32"}
-    proxied = Stack(stack.settings.model_copy(update=update), redis_aof=False)
-    try:
-        proxied.up(["extauthz"])
-        with httpx.Client(base_url=stack.envoy_url, timeout=10) as client:
-            yield client
-    finally:
-        proxied.stop("extauthz")
-        stack.up(["extauthz"])
 
 
 def test_sybils_of_one_network_are_actioned_before_any_is_judged_alone(

@@ -7,6 +7,7 @@ Own stack (Redis with its append-only file, so a Redis stop is an outage, not a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -23,10 +24,12 @@ import httpx
 import pytest
 import redis as syncredis
 
-from extauthz.audit.sink import read_stream, writers
+from extauthz.audit.sink import read_stream, stream_key, writers
+from extauthz.audit.verify import archive_files, archived_lines, archived_writers
 from extauthz.dev.devstack import Stack
 from extauthz.dev.runner import free_ports
 from extauthz.settings import Settings
+from extauthz.store.schema import audit_base
 from tests.conftest import stack_settings
 from tests.e2e.payloads import DIGITS
 
@@ -357,6 +360,76 @@ def test_a_policy_edit_is_audited_with_what_changed(stack: Stack, store) -> None
     assert edit["action"] == "policy.revision" and edit["from"] and edit["to"] != edit["from"]
     assert edit["changed"] == ["data:extauthz"] and not edit["added"] and not edit["removed"]
     assert wait_for(lambda: len(revisions()) >= 2, timeout=15)  # the revert, too
+    assert verify(stack).returncode == 0
+
+
+def test_archive_moves_old_records_out_and_every_chain_still_verifies(  # type: ignore[no-untyped-def]
+    stack: Stack, key: str, store, tmp_path: Path
+) -> None:
+    """Retention: `audit archive` moves every entry but each stream's newest into files, leaves
+    an anchor; the store verifies from it, store + archive from the first record; an edited
+    archive file or a deleted anchor is named; an export of the trimmed store verifies."""
+    with Load(stack.envoy_url, key, threads=2) as load:
+        time.sleep(0.5)
+    served = [rid for rid, status, _ in load.seen if status == 200]
+    assert served
+    assert wait_for(lambda: served[0] in audited_request_ids(store))
+    time.sleep(0.5)  # the newest records get their checkpoint
+    held = {w: sum(int(f[b"n"]) for _, f in store.xrange(stream_key(w))) for w in writers(store)}
+    archive = tmp_path / "archive"
+    out = cli(stack, "audit", "archive", "--older-than", "0", "--out-dir", str(archive))
+    assert "->" in out.stdout, out.stdout
+    for writer in writers(store):
+        assert store.xlen(stream_key(writer)) >= 1  # the newest entry stays
+    moved = {w: sum(1 for _ in archived_lines(archive, w)) for w in archived_writers(archive)}
+    assert moved and all(n > 0 for n in moved.values())
+    shrunk = {w: sum(int(f[b"n"]) for _, f in store.xrange(stream_key(w))) for w in moved}
+    assert all(shrunk[w] < held[w] for w in moved if w != "ops"), (held, shrunk)
+
+    store_only = verify(stack)
+    assert store_only.returncode == 0, store_only.stdout
+    assert "archived)" in store_only.stdout
+    whole = verify(stack, "--archive", str(archive))
+    assert whole.returncode == 0, whole.stdout
+    assert "archived)" not in whole.stdout  # every chain from its first record
+
+    # the oldest decision is in the archive now: found only when the archive is searched
+    assert cli(stack, "audit", "search", "--request-id", served[0], check=False).returncode == 1
+    found = cli(stack, "audit", "search", "--request-id", served[0], "--archive", str(archive))
+    assert json.loads(found.stdout)["audit"]["request_id"] == served[0]
+
+    # the move itself is an operator action naming the file and its digest
+    ops = tmp_path / "ops.jsonl"
+    cli(stack, "audit", "export", "--out", str(ops))
+    archived_actions = [
+        json.loads(line) for line in ops.read_bytes().splitlines() if b"audit.archive" in line
+    ]
+    files = {a["details"]["file"]: a["details"]["sha256"] for a in archived_actions}
+    for path in archive.glob("*/*.jsonl"):
+        assert files[path.name] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert verify(stack, "--file", str(ops)).returncode == 0  # an export begins at the anchors
+
+    # tampering with an archive file is named, and so is a deleted anchor
+    writer = next(w for w in moved if w != "ops")
+    path = archive_files(archive, writer)[0]
+    original = path.read_bytes()
+    path.write_bytes(original.replace(b'"status":200', b'"status":403', 1))
+    try:
+        edited = verify(stack, "--archive", str(archive))
+        assert edited.returncode == 1
+        assert f"FAILED broken_link: writer {writer} seq" in edited.stdout
+        assert "in the archive" in edited.stdout
+    finally:
+        path.write_bytes(original)
+    base_key = audit_base(writer)
+    anchor = store.hgetall(base_key)
+    store.delete(base_key)
+    try:
+        cut = verify(stack)
+        assert cut.returncode == 1
+        assert f"FAILED sequence_gap: writer {writer} seq 1:" in cut.stdout
+    finally:
+        store.hset(base_key, mapping=anchor)
     assert verify(stack).returncode == 0
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -26,21 +25,6 @@ pytestmark = pytest.mark.e2e
 
 CLIENT = "203.0.113.7"  # outside every range the shipped policy and the keys below trust
 PREFIX = "203.0.113.0"
-
-
-@pytest.fixture(scope="module")
-def behind_a_proxy(stack: Stack) -> Iterator[httpx.Client]:
-    """The stack's extauthz restarted behind one trusted proxy, 127.0.0.1; restored afterwards."""
-    stack.stop("extauthz")
-    update = {"trusted_hops": 1, "trusted_proxies": "127.0.0.1/32"}
-    proxied = Stack(stack.settings.model_copy(update=update), redis_aof=False)
-    try:
-        proxied.up(["extauthz"])
-        with httpx.Client(base_url=stack.envoy_url, timeout=10) as client:
-            yield client
-    finally:
-        proxied.stop("extauthz")
-        stack.up(["extauthz"])
 
 
 def key(stack: Stack, subject: str, roles: str, projects: str, cidrs: str = "") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import time
@@ -416,3 +417,52 @@ def test_a_record_longer_than_a_shipment_is_still_read(tmp_path: Path) -> None:
         seen += [first + i for first, data in runs for i in range(data.count(b"\n"))]
     assert seen == [1, 2, 3]
     spool.close()
+
+
+def test_a_full_disk_holds_a_bounded_number_of_records_and_the_chain_says_what_was_lost(
+    tmp_path: Path,
+) -> None:
+    sink = FakeSink()
+    writer = writer_for(tmp_path, sink, max_pending=10)
+    writer.open()
+    real_append = writer.spool.append
+    full = True
+
+    def append(data: bytes, last_seq: int) -> None:
+        if full:
+            raise OSError(28, "No space left on device")
+        real_append(data, last_seq)
+
+    writer.spool.append = append  # type: ignore[method-assign]
+    sent = 0
+    for _ in range(5):  # 35 records while the disk is full: 10 held, 25 dropped
+        writer.write([b'{"request_id":"r%d"}\n' % (sent + i) for i in range(7)])
+        sent += 7
+    assert len(writer._pending) <= 10 + 1  # the bound (and at most one checkpoint)
+    full = False
+    writer.write([b'{"request_id":"after"}\n'])
+    writer.close()
+    lines = sink.lines(writer.writer)
+    assert verify_lines(lines, KEYS).ok  # no gap: what was dropped was never chained
+    docs = [json.loads(line) for line in lines]
+    ids = [d["request_id"] for d in docs if "request_id" in d]
+    assert ids == [f"r{i}" for i in range(10)] + ["after"]
+    lost = [d for d in docs if d.get("kind") == "lost"]
+    assert len(lost) == 1 and lost[0]["records"] == 25
+    assert docs.index(lost[0]) < next(
+        i for i, d in enumerate(docs) if d.get("request_id") == "after"
+    )
+
+
+def test_an_export_of_a_trimmed_chain_verifies_from_its_anchor_and_only_from_it() -> None:
+    lines = chain_lines(20)
+    cut = 9  # records 1..9 archived: the export begins with an anchor at seq 9
+    anchor = orjson.dumps(
+        {"w": "h-w0-abc", "anchor": cut, "head": hashlib.sha256(lines[cut - 1]).hexdigest()}
+    )
+    report = verify_lines([anchor, *lines[cut:]], KEYS)
+    assert report.ok and report.writers["h-w0-abc"].anchored == cut
+    assert "sequence_gap" in problem(lines[cut:])  # without the anchor, seq 1.. is missing
+    wrong = anchor.replace(b'"head":"', b'"head":"0')[:-3] + b'"}'
+    assert "broken_link" in problem([wrong, *lines[cut:]])
+    assert "an anchor after records" in problem([*lines[:3], anchor, *lines[cut:]])
