@@ -517,10 +517,11 @@ def model_routes(model: Model, s: Settings, *, shaping: bool = True) -> list[rou
 
 
 def route_configuration(
-    s: Settings, models: tuple[Model, ...], *, shaping: bool = True
+    s: Settings, models: tuple[Model, ...], *, shaping: bool = True, inline: bool = False
 ) -> route.RouteConfiguration:
     """The `inference` routes: each catalog model's, then everything else (health, server
-    metadata, unknown models: extauthz decides) to the model server."""
+    metadata, unknown models: extauthz decides) to the model server. `inline` (in the
+    bootstrap, every cluster static): Envoy refuses a route naming a cluster that is not there."""
     routes = [r for m in models for r in model_routes(m, s, shaping=shaping)]
     routes += _variants(
         "default", route.RouteMatch(prefix="/"), MODEL_SERVER, s.envoy_route_timeout, shaping
@@ -528,8 +529,8 @@ def route_configuration(
     return route.RouteConfiguration(
         name=ROUTE_CONFIG,
         virtual_hosts=[route.VirtualHost(name="models", domains=["*"], routes=routes)],
-        # a route may name a per-version cluster CDS has not delivered yet (503 until it has)
-        validate_clusters=False,
+        # by RDS a route may name a cluster CDS has not delivered yet (503 until it has)
+        validate_clusters=inline,
     )
 
 
@@ -858,7 +859,7 @@ def gateway_bootstrap(
     connection manager, extauthz's clusters; routes and model clusters inline or from files."""
     dynamic = files.xds_dir is not None
     filters = inference_filters(s, shaping=shaping)
-    routes = None if dynamic else route_configuration(s, models, shaping=shaping)
+    routes = None if dynamic else route_configuration(s, models, shaping=shaping, inline=True)
     rds = files.rds_file if dynamic else None
 
     def manager(prefix: str) -> listener.Filter:

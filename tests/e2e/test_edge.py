@@ -23,7 +23,7 @@ from extauthz.dev.devstack import Stack, find_envoy
 from extauthz.dev.issuer import DevIssuer
 from extauthz.dev.runner import free_ports
 from extauthz.edge import build, render
-from extauthz.edge.catalog import catalog_file, load_catalog
+from extauthz.edge.catalog import catalog_file, load_catalog, parse_catalog
 from extauthz.settings import Settings
 from tests.e2e.conftest import Keys
 from tests.e2e.payloads import DIGITS
@@ -75,6 +75,19 @@ def test_the_dev_config_validates_with_every_route_and_cluster_inline(
         "inference_mtls",
         "floor",
     ]
+
+
+def test_versioned_routes_validate(dev_files: build.Files, tmp_path: Path) -> None:
+    """A model with versions: header matches, path rewrites, per-version clusters, the 404."""
+    s = Settings()
+    doc = json.loads(catalog_file(ROOT / "rego").read_text())
+    doc["digits"]["versions"] = {"v1": {"weight": 90}, "v2": {"weight": 10}}
+    doc["iris"]["versions"] = {"v1": {"weight": 100, "upstream": "model_server"}}
+    models = parse_catalog(doc)
+    path = render.write_static(s, tmp_path / "v.json", dev_files, build.gateway_ports(s), models)
+    validate(path)
+    clusters = json.loads(path.read_text())["static_resources"]["clusters"]
+    assert {"model-digits-v1", "model-digits-v2"} <= {c["name"] for c in clusters}
 
 
 def test_the_running_config_validates_with_tls_from_sds(
