@@ -37,6 +37,7 @@ class AuditTrail(Protocol):
     """What the writer thread feeds (extauthz.audit.writer.AuditWriter)."""
 
     wake_interval: float  # seconds an idle writer thread waits before calling write([])
+    refusing: bool  # the trail cannot record and must: decisions are refused meanwhile
 
     def open(self) -> None: ...
     def write(self, records: list[bytes]) -> None: ...
@@ -78,6 +79,12 @@ class DecisionLog:
             self._thread = None
             if self._audit is not None:
                 self._audit.close()
+
+    @property
+    def refusing(self) -> bool:
+        """The audit trail cannot make records durable and is required to (a full disk, with
+        EXTAUTHZ_AUDIT_REQUIRED): the handler refuses every decision until it can again."""
+        return self._audit is not None and self._audit.refusing
 
     def record(self, view: RequestView, decision: Decision, duration_ns: int) -> None:
         self._queue.put(
@@ -122,8 +129,11 @@ class DecisionLog:
                             batch.append(line)
                 plain = [line for line in batch if not line.startswith(_NOTE)]
                 if plain:
-                    out.write(b"".join(plain))
-                    out.flush()
+                    try:
+                        out.write(b"".join(plain))
+                        out.flush()
+                    except OSError:  # e.g. a full disk: the thread (and the audit trail) go on
+                        log.exception("decision log write failed; %d records lost", len(plain))
                 if self._audit is not None:
                     try:
                         self._audit.write(batch)

@@ -57,6 +57,8 @@ class CheckHandler:
         principal: Principal | None = None
         policy: PolicyDecision | None = None
         try:
+            if self._log.refusing:  # the audit trail must record and cannot: serve nothing
+                raise Denied(Status.UNAVAILABLE, Reason.AUDIT_UNAVAILABLE)
             self._limiter.precheck(view)  # a source network known to be quarantined: 429 here
             principal = await self._authenticate(view)
             self._limiter.admit(principal)  # a subject known to be quarantined: 429, no OPA

@@ -83,6 +83,13 @@ class Settings(BaseSettings):
         description="Seconds a stopping service waits for the sink to take its spool; the rest "
         "ships on the next start.",
     )
+    audit_required: bool = Field(
+        True,
+        description="While the audit spool cannot be written (a full disk), refuse every "
+        "decision (503, reason audit_unavailable) rather than serve requests whose records "
+        "are not durable. False: serve, hold up to audit_max_pending_records, then drop and "
+        "count (a `lost` record in the chain).",
+    )
     audit_max_pending_records: int = Field(
         100_000,
         description="While the audit spool cannot be written (a full disk), at most this many "

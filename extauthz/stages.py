@@ -63,6 +63,11 @@ class DecisionLog(Protocol):
 
     def record(self, view: RequestView, decision: Decision, duration_ns: int) -> None: ...
 
+    @property
+    def refusing(self) -> bool:
+        """Decisions must be refused: the audit trail is required and cannot record."""
+        ...
+
 
 class QueryEvents(Protocol):
     """After an allowed inference decision (analytics/events.py): queue its query event for the

@@ -67,6 +67,7 @@ class Reason(enum.StrEnum):
     REDIS_UNAVAILABLE = "redis_unavailable"
     JWKS_UNAVAILABLE = "jwks_unavailable"
     INTERNAL_ERROR = "internal_error"
+    AUDIT_UNAVAILABLE = "audit_unavailable"  # the audit spool cannot be written (503)
 
 
 class Status(enum.IntEnum):

@@ -184,6 +184,7 @@ def _audit_writer(settings: Settings, directory: Path) -> AuditWriter:
         drain_timeout=settings.audit_drain_timeout,
         fsync_interval=settings.audit_fsync_interval,
         max_pending=settings.audit_max_pending_records,
+        required=settings.audit_required,
     )
 
 

@@ -124,10 +124,12 @@ def writers(redis: Any) -> list[str]:
     return sorted(n.decode() if isinstance(n, bytes) else n for n in names)
 
 
-def read_stream(redis: Any, writer: str, chunk: int = 500) -> Iterator[tuple[int, bytes]]:
-    """Every (seq, line) of a writer's stream, oldest first, `chunk` entries per XRANGE."""
+def read_stream(
+    redis: Any, writer: str, chunk: int = 500, start: str = "-"
+) -> Iterator[tuple[int, bytes]]:
+    """Every (seq, line) of a writer's stream from entry id `start` on, oldest first, `chunk`
+    entries per XRANGE."""
     key = stream_key(writer)
-    start = "-"
     while True:
         entries = redis.xrange(key, start, "+", count=chunk)
         for entry_id, fields in entries:
@@ -135,6 +137,32 @@ def read_stream(redis: Any, writer: str, chunk: int = 500) -> Iterator[tuple[int
         if len(entries) < chunk:
             return
         start = f"{_seq_of(entries[-1][0])}-1"
+
+
+def entry_before(redis: Any, writer: str, ts: float) -> str:
+    """The id of the last entry whose first record is older than `ts` (or "-"): where a reader
+    of the records since `ts` starts. A binary search over seqs, ~log2(entries) XRANGEs: records
+    of one writer are in time order, so no index is needed."""
+    key = stream_key(writer)
+    first = redis.xrange(key, "-", "+", count=1)
+    last = redis.xrevrange(key, "+", "-", count=1)
+    if not first or _first_ts(first[0][1]) >= ts:
+        return "-"
+    lo, hi = _seq_of(first[0][0]), _seq_of(last[0][0])  # lo's entry is older than ts
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        entry = redis.xrange(key, f"{mid}-0", "+", count=1)
+        seq = _seq_of(entry[0][0])
+        if seq > hi or _first_ts(entry[0][1]) >= ts:
+            hi = mid - 1
+        else:
+            lo = seq
+    return f"{lo}-0"
+
+
+def _first_ts(fields: dict[Any, Any]) -> float:
+    data = _field(fields, "r")
+    return float(orjson.loads(data[: data.index(b"\n")]).get("ts", 0))
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from extauthz.audit.chain import GENESIS, checkpoint_message
-from extauthz.audit.sink import read_base, read_stream, stream_key, writers
+from extauthz.audit.sink import entry_before, read_base, read_stream, stream_key, writers
 
+_TS = re.compile(rb'"ts":([0-9.]+)')
 SUFFIX = ".jsonl"  # archive files (extauthz/audit/archive.py)
 
 PROBLEMS = (
@@ -288,10 +290,15 @@ def export(redis: Any, out: IO[bytes], include_unsigned: bool = False) -> dict[s
 
 
 def search(
-    redis: Any, request_id: str, archive_dir: Path | None = None
+    redis: Any,
+    request_id: str,
+    archive_dir: Path | None = None,
+    since: float | None = None,
+    until: float | None = None,
 ) -> Iterator[dict[str, Any]]:
-    """Decision records whose request_id is `request_id` (a scan of every stream, and of the
-    archive files first when `archive_dir` is given)."""
+    """Decision records whose request_id is `request_id`: a scan of every stream (and of the
+    archive files first when `archive_dir` is given). With `since`, each stream is read from
+    the entry before that time (found by binary search), and with `until` only up to it."""
     needle = b'"request_id":' + orjson.dumps(request_id)
 
     def matching(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
@@ -305,7 +312,25 @@ def search(
         for writer in archived_writers(archive_dir):
             yield from matching(archived_lines(archive_dir, writer))
     for writer in writers(redis):
-        yield from matching(line for _seq, line in read_stream(redis, writer))
+        start = "-" if since is None else entry_before(redis, writer, since)
+        lines = (line for _seq, line in read_stream(redis, writer, start=start))
+        if since is not None or until is not None:
+            lines = _window(lines, since, until)
+        yield from matching(lines)
+
+
+def _window(lines: Iterable[bytes], since: float | None, until: float | None) -> Iterator[bytes]:
+    """The lines stamped from `since` to `until`; stops at the first one after `until` (one
+    writer's records are in time order)."""
+    for line in lines:
+        found = _TS.search(line)
+        if found is None:
+            continue
+        ts = float(found.group(1))
+        if until is not None and ts > until:
+            return
+        if since is None or ts >= since:
+            yield line
 
 
 def lines_matching(path: Path, needles: Iterable[str]) -> list[str]:

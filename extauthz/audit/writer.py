@@ -46,6 +46,7 @@ class AuditWriter:
         drain_timeout: float = 3.0,
         fsync_interval: float = 0.25,
         max_pending: int = 100_000,
+        required: bool = True,
     ) -> None:
         self.spool = spool
         self._key = key
@@ -63,6 +64,10 @@ class AuditWriter:
         # are held in memory; records beyond are dropped unchained, counted, and a `lost`
         # record in the chain says how many and when, once the spool takes writes again
         self._max_pending = max_pending
+        # required: while the spool cannot be written, the service refuses decisions (it reads
+        # `refusing`) rather than serve what could not be made durable
+        self._required = required
+        self.refusing = False
         self._lost = 0
         self._lost_since = 0.0
         self._last_checkpoint = 0.0
@@ -235,8 +240,10 @@ class AuditWriter:
         except OSError:  # e.g. a full disk: keep them (chained) and try again next batch
             log.exception("audit spool write failed; %d records held in memory", len(lines))
             self._pending = lines
+            self.refusing = self._required
             return
         self._pending = []
+        self.refusing = False
 
 
 def adopt_orphans(directory: Path, in_use: int, make: Callable[[Path], AuditWriter]) -> list[str]:

@@ -106,7 +106,7 @@ def cmd_audit_search(args: argparse.Namespace) -> int:
     redis = _store(settings)
     try:
         archive = Path(args.archive) if args.archive else None
-        found = list(search(redis, args.request_id, archive))
+        found = list(search(redis, args.request_id, archive, args.since, args.until))
     finally:
         redis.close()
     if not found:
@@ -222,6 +222,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     srch.add_argument("--access-log", help="Envoy access log (default <run_dir>/logs/...)")
     srch.add_argument("--opa-log", help="OPA's decision log (default <run_dir>/logs/opa.log)")
     srch.add_argument("--archive", metavar="DIR", help="also search the archive files in DIR")
+    srch.add_argument(
+        "--since",
+        type=float,
+        metavar="EPOCH",
+        help="read each stream only from this time on (binary search: no full scan); e.g. the "
+        "access log's start_time minus a minute",
+    )
+    srch.add_argument("--until", type=float, metavar="EPOCH", help="and only up to this time")
     srch.set_defaults(func=cmd_audit_search)
     arch = audit.add_parser(
         "archive",

@@ -100,6 +100,11 @@ class FakeLimiter:
 class FakeLog:
     def __init__(self) -> None:
         self.records: list[tuple[RequestView, Decision]] = []
+        self.refuse = False
+
+    @property
+    def refusing(self) -> bool:
+        return self.refuse
 
     def record(self, view: RequestView, decision: Decision, duration_ns: int) -> None:
         self.records.append((view, decision))
@@ -288,3 +293,16 @@ async def test_every_decision_is_offered_to_the_query_stream_after_its_record() 
         view, decision = events.emitted[-1]
         assert decision is log.records[-1][1] and view.route.name == "digits"
     assert [d.status for _, d in events.emitted] == [Status.OK, Status.FORBIDDEN]
+
+
+async def test_an_audit_trail_that_must_record_and_cannot_refuses_every_decision() -> None:
+    authn = FakeAuthn(ALICE)
+    h, log = handler(authn=authn)
+    log.refuse = True
+    resp = await h.check(check_request(headers={"x-api-key": "eak_x"}))
+    assert resp.denied_response.status.code == 503
+    assert b"audit" not in resp.denied_response.body.encode()  # the generic body
+    assert log.records[-1][1].reason is Reason.AUDIT_UNAVAILABLE
+    log.refuse = False
+    resp = await h.check(check_request(headers={"x-api-key": "eak_x"}))
+    assert resp.status.code == 0
