@@ -33,7 +33,7 @@ from bench.procs import bench_settings
 from bench.shaping import make_key
 from extauthz.dev.devstack import Stack, envoy_component
 from extauthz.dev.runner import free_ports
-from extauthz.edge import build
+from extauthz.edge import filters, listeners, proto
 from extauthz.edge.render import atomic_write, dumps
 from tests.e2e.payloads import DIGITS
 
@@ -43,7 +43,7 @@ PATH = "/v2/models/digits/infer"
 def direct_envoy(stack: Stack) -> tuple[Path, int, int, int]:
     """(config, plain port, TLS port, admin port) of an Envoy whose one route answers 200 itself."""
     plain, tls, admin = free_ports(3)
-    route = build.route
+    route = proto.route
     routes = route.RouteConfiguration(
         name="direct",
         virtual_hosts=[
@@ -54,7 +54,7 @@ def direct_envoy(stack: Stack) -> tuple[Path, int, int, int]:
                     route.Route(
                         match=route.RouteMatch(prefix="/"),
                         direct_response=route.DirectResponseAction(
-                            status=200, body=build.core.DataSource(inline_string='{"outputs":[]}')
+                            status=200, body=proto.core.DataSource(inline_string='{"outputs":[]}')
                         ),
                     )
                 ],
@@ -64,23 +64,25 @@ def direct_envoy(stack: Stack) -> tuple[Path, int, int, int]:
     files = stack.envoy_files()
     limit = stack.settings.shape_max_body_bytes
 
-    def manager(name: str) -> build.listener.Filter:
+    def manager(name: str) -> proto.listener.Filter:
         log = stack.logs / f"envoy-tls-bench-{name}.log"
-        return build.connection_manager(name, [build.router_filter()], log, route_config=routes)
+        return listeners.connection_manager(
+            name, [filters.router_filter()], log, route_config=routes
+        )
 
-    config = build.bootstrap.Bootstrap(
-        admin=build.bootstrap.Admin(address=build.socket_address(admin)),
-        static_resources=build.bootstrap.BootstrapStaticResources(
+    config = proto.bootstrap.Bootstrap(
+        admin=proto.bootstrap.Admin(address=proto.socket_address(admin)),
+        static_resources=proto.bootstrap.BootstrapStaticResources(
             listeners=[
-                build.plain_listener("plain", plain, manager("plain"), limit),
-                build.tls_listener(
+                listeners.plain_listener("plain", plain, manager("plain"), limit),
+                listeners.tls_listener(
                     "tls", tls, manager("tls"), limit, files, client_certificates=False
                 ),
             ]
         ),
     )
     path = stack.run_dir / "envoy-tls-bench.json"
-    atomic_write(path, dumps(build.to_dict(config)))
+    atomic_write(path, dumps(proto.to_dict(config)))
     return path, plain, tls, admin
 
 

@@ -33,8 +33,8 @@ from extauthz.policy.tools import IGNORE_ARGS
 from extauthz.settings import Settings
 
 if TYPE_CHECKING:  # the generator (extauthz/edge/) is imported when Envoy's config is written
-    from extauthz.edge.build import Files
     from extauthz.edge.catalog import Model
+    from extauthz.edge.listeners import Files
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDER = ("redis", "opa", "model", "extauthz", "envoy", "analytics")
@@ -179,7 +179,7 @@ class Stack:
 
     def envoy_files(self) -> Files:
         """What the generated configuration points Envoy at: access log, certificates, CA."""
-        from extauthz.edge.build import Files
+        from extauthz.edge.listeners import Files
 
         return Files(
             access_log=self.logs / "envoy-access.log",

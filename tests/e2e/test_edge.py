@@ -22,7 +22,7 @@ from extauthz.dev.certs import DevCA
 from extauthz.dev.devstack import Stack, find_envoy
 from extauthz.dev.issuer import DevIssuer
 from extauthz.dev.runner import free_ports
-from extauthz.edge import build, render
+from extauthz.edge import build, listeners, render, routes
 from extauthz.edge.catalog import catalog_file, load_catalog, parse_catalog
 from extauthz.settings import Settings
 from tests.e2e.conftest import Keys
@@ -44,11 +44,11 @@ def validate(config: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def dev_files(tmp_path_factory: pytest.TempPathFactory) -> build.Files:
+def dev_files(tmp_path_factory: pytest.TempPathFactory) -> listeners.Files:
     directory = tmp_path_factory.mktemp("edge")
     ca = DevCA(directory / "dev-ca")
     ca.ensure()
-    return build.Files(
+    return listeners.Files(
         access_log=directory / "access.log",
         server_cert=ca.server_cert,
         server_key=ca.server_key,
@@ -57,7 +57,7 @@ def dev_files(tmp_path_factory: pytest.TempPathFactory) -> build.Files:
 
 
 def test_the_dev_config_validates_with_every_route_and_cluster_inline(
-    dev_files: build.Files, tmp_path: Path
+    dev_files: listeners.Files, tmp_path: Path
 ) -> None:
     s = Settings()
     path = render.write_static(
@@ -77,7 +77,7 @@ def test_the_dev_config_validates_with_every_route_and_cluster_inline(
     ]
 
 
-def test_versioned_routes_validate(dev_files: build.Files, tmp_path: Path) -> None:
+def test_versioned_routes_validate(dev_files: listeners.Files, tmp_path: Path) -> None:
     """A model with versions: header matches, path rewrites, per-version clusters, the 404."""
     s = Settings()
     doc = json.loads(catalog_file(ROOT / "rego").read_text())
@@ -91,7 +91,7 @@ def test_versioned_routes_validate(dev_files: build.Files, tmp_path: Path) -> No
 
 
 def test_the_running_config_validates_with_tls_from_sds(
-    dev_files: build.Files, tmp_path: Path
+    dev_files: listeners.Files, tmp_path: Path
 ) -> None:
     s = Settings()
     models = load_catalog(ROOT / "rego")
@@ -193,7 +193,7 @@ def test_rewritten_routes_and_clusters_are_picked_up_without_a_restart(
     assert stat(stack, "http.inference.rds.inference.update_success") > rds
     # a versioned model without the header extauthz sets gets no route: a generic 404; a
     # client's own x-extauthz-model-version is stripped by extauthz before routing
-    for extra in ({}, {build.VERSION_HEADER: "v1"}):
+    for extra in ({}, {routes.VERSION_HEADER: "v1"}):
         resp = gateway.post(DIGITS_URL, json=DIGITS, headers={**headers, **extra})
         assert resp.status_code == 404 and resp.json() == {"error": "not_found"}, resp.text
     # back to one route: the version's cluster stays until pruned
