@@ -301,7 +301,9 @@ class Worker:
             pipe.expire(counts, 180)
             pipe.expire(members, 180)
             pipe.hmget(network_key(prefix, minute - 1), "n", "flagged")
-            pipe.pfcount(members, network_subjects_key(prefix, minute - 1))
+            # (execute_command: redis-py refuses pfcount() in a Cluster pipeline even when, as
+            # here, both keys carry one hash tag; the command itself is fine on one slot)
+            pipe.execute_command("PFCOUNT", members, network_subjects_key(prefix, minute - 1))
         replies = await pipe.execute()
         result = {}
         for i, prefix in enumerate(network):
@@ -326,7 +328,7 @@ class Worker:
             key = fingerprint_key(model, fp, minute)
             pipe.pfadd(key, *subjects)
             pipe.expire(key, 180)
-            pipe.pfcount(key, fingerprint_key(model, fp, minute - 1))
+            pipe.execute_command("PFCOUNT", key, fingerprint_key(model, fp, minute - 1))
         replies = await pipe.execute()
         counts = {mf: int(replies[i * 3 + 2]) for i, mf in enumerate(senders)}
         for state, model, fp, _ in prints:

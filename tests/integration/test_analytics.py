@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -245,6 +246,11 @@ async def test_sybils_on_different_networks_sharing_fingerprints_are_scored_shar
     """Three keys from three networks walk in small steps around one point (one boundary
     search split over Sybils); a fourth walks elsewhere alone."""
     await _clean(redis)
+    await sybil_scenario(redis, stack, tmp_path)
+
+
+async def sybil_scenario(redis: Any, stack: Stack, tmp_path: Any) -> None:
+    """(also run on a Redis Cluster: test_analytics_cluster.py)"""
     rng = random.Random(4)
     sample = [[rng.gauss(0, 1) for _ in range(8)] for _ in range(200)]
     actions = ActionStore(redis, ActionLog(str(tmp_path / "decisions.log")))
