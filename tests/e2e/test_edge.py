@@ -20,13 +20,13 @@ from cryptography import x509
 from bench.envoy_bench import bench_config
 from extauthz.dev.certs import DevCA
 from extauthz.dev.devstack import Stack, find_envoy
-from extauthz.dev.issuer import DevIssuer
+from extauthz.dev.issuer import DevIssuer, make_proof, new_device_key
 from extauthz.dev.runner import free_ports
 from extauthz.edge import build, listeners, render, routes
 from extauthz.edge.catalog import catalog_file, load_catalog, parse_catalog
 from extauthz.settings import Settings
 from tests.e2e.conftest import Keys
-from tests.e2e.payloads import DIGITS
+from tests.e2e.payloads import DIGITS, ECHO
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS_URL = "/v2/models/digits/infer"
@@ -426,3 +426,26 @@ def test_past_the_global_connection_limit_new_connections_are_closed(small_gatew
     wait_until(fresh)
     for sock in held:
         sock.close()
+
+
+def test_a_dpop_bound_token_works_over_tls_and_h2(stack: Stack) -> None:
+    """The TLS listener's origin is one of the stack's DPoP origins; the model server behind it
+    sees no credential and the request's scheme as https."""
+    issuer = stack.dev_issuer
+    issuer.ensure()
+    device = new_device_key()
+    token = issuer.mint("olga", ("operator",), ("ops",), dpop_jkt=device.thumbprint())
+    path = "/v2/models/echo/infer"
+    proof = make_proof(device, "POST", stack.envoy_tls_url + path, token)
+    with httpx.Client(
+        base_url=stack.envoy_tls_url, verify=tls_context(stack), http2=True, timeout=10
+    ) as client:
+        resp = client.post(
+            path, json=ECHO, headers={"authorization": f"DPoP {token}", "dpop": proof}
+        )
+    assert resp.status_code == 200, resp.text
+    assert resp.http_version == "HTTP/2"
+    seen = {k.lower(): v for k, v in json.loads(resp.json()["outputs"][0]["data"][0]).items()}
+    assert seen["x-extauthz-subject"] == "olga"
+    assert seen["x-forwarded-proto"] == "https"
+    assert "authorization" not in seen and "dpop" not in seen
