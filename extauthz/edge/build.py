@@ -110,7 +110,12 @@ def gateway_bootstrap(
 
     def manager(prefix: str) -> listener.Filter:
         return connection_manager(
-            prefix, filters, files.access_log, route_config=routes, rds_file=rds
+            prefix,
+            filters,
+            files.access_log,
+            route_config=routes,
+            rds_file=rds,
+            headers_timeout=s.envoy_request_headers_timeout,
         )
 
     limit = s.shape_max_body_bytes

@@ -66,9 +66,11 @@ def connection_manager(
     *,
     route_config: route.RouteConfiguration | None = None,
     rds_file: Path | None = None,
+    headers_timeout: float = 10.0,
 ) -> listener.Filter:
     """The HTTP connection manager of every gateway listener (and the bench's): routes inline
-    (`route_config`) or by RDS from `rds_file`."""
+    (`route_config`) or by RDS from `rds_file`; `headers_timeout`:
+    EXTAUTHZ_ENVOY_REQUEST_HEADERS_TIMEOUT."""
     manager = hcm.HttpConnectionManager(
         stat_prefix=stat_prefix,
         # The path extauthz sees is the path the model server gets: normalised once, here.
@@ -90,8 +92,8 @@ def connection_manager(
             initial_stream_window_size=65536,  # 64 KiB
             initial_connection_window_size=1048576,  # 1 MiB
         ),
-        # a client must send its headers within 10 s (slowloris), the whole request within 30 s
-        request_headers_timeout=seconds(10),
+        # a client must send its headers in time (slowloris: 408), the whole request within 30 s
+        request_headers_timeout=seconds(headers_timeout),
         request_timeout=seconds(30),
         # a stream with no activity for 5 min is reset (Envoy's default, written down)
         stream_idle_timeout=seconds(300),

@@ -371,7 +371,8 @@ def test_limits_and_breakers_are_what_envoy_runs_with(stack: Stack) -> None:
 
 @pytest.fixture(scope="module")
 def small_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A second Envoy (same extauthz, OPA, Redis, model server) allowed 3 connections in all."""
+    """A second Envoy (same extauthz, OPA, Redis, model server) allowed 3 connections in all and
+    1 s for a request's headers."""
     envoy, admin_port, mtls, tls = free_ports(4)
     settings = stack.settings.model_copy(
         update={
@@ -381,6 +382,7 @@ def small_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Ite
             "envoy_mtls_port": mtls,
             "envoy_tls_port": tls,
             "envoy_max_connections": 3,
+            "envoy_request_headers_timeout": 1.0,
         }
     )
     second = Stack(settings, redis_aof=False)
@@ -449,3 +451,18 @@ def test_a_dpop_bound_token_works_over_tls_and_h2(stack: Stack) -> None:
     assert seen["x-extauthz-subject"] == "olga"
     assert seen["x-forwarded-proto"] == "https"
     assert "authorization" not in seen and "dpop" not in seen
+
+
+def test_a_client_slow_to_send_its_headers_gets_408_and_is_disconnected(
+    small_gateway: Stack,
+) -> None:
+    port = small_gateway.settings.envoy_port
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"POST /v2/models/digits/infer HTTP/1.1\r\nhost: x\r\n")  # and no more
+        started = time.monotonic()
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
+    assert 0.8 < waited < 8, waited  # the 1 s limit (not the default 10 s), then closed
