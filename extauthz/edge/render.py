@@ -22,8 +22,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import betterproto2
-
 from extauthz.edge import build, clusters, listeners, proto, routes
 from extauthz.edge.catalog import Model
 from extauthz.settings import Settings
@@ -184,5 +182,38 @@ def write_static(
     return path
 
 
-def to_json(message: betterproto2.Message) -> str:
-    return dumps(proto.to_dict(message))
+def gateway_documents(
+    s: Settings,
+    config_dir: Path,
+    files: listeners.Files,
+    ports: build.Ports,
+    models: tuple[Model, ...],
+) -> dict[str, dict[str, Any]]:
+    """What `write_gateway` would write under `config_dir` (bootstrap, RDS, CDS), written
+    nowhere: `extauthz envoy render` prints it without touching a running stack's files."""
+    files = layout(config_dir, files)
+    assert files.xds_dir is not None
+    config = routes.route_configuration(s, models)
+    return {
+        str(config_dir / "bootstrap.json"): proto.to_dict(
+            build.gateway_bootstrap(s, models, files, ports)
+        ),
+        str(files.rds_file): discovery_response(_ROUTE_TYPE, [proto.to_dict(config)]),
+        str(files.cds_file): discovery_response(
+            _CLUSTER_TYPE, [proto.to_dict(c) for c in clusters.model_clusters(s, models)]
+        ),
+    }
+
+
+def validate(config: Path, envoy: str) -> tuple[bool, str]:
+    """`envoy --mode validate` on `config`: (accepted, Envoy's words)."""
+    import subprocess
+
+    out = subprocess.run(
+        [envoy, "--mode", "validate", "-c", str(config), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return out.returncode == 0, (out.stdout + out.stderr).strip()

@@ -25,7 +25,7 @@ from extauthz.dev.runner import free_ports
 from extauthz.edge import build, listeners, render, routes
 from extauthz.edge.catalog import catalog_file, load_catalog, parse_catalog
 from extauthz.settings import Settings
-from tests.e2e.conftest import Keys
+from tests.e2e.conftest import Keys, cli
 from tests.e2e.payloads import DIGITS, ECHO
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -466,3 +466,17 @@ def test_a_client_slow_to_send_its_headers_gets_408_and_is_disconnected(
         waited = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408 "), answer[:100]
     assert 0.8 < waited < 8, waited  # the 1 s limit (not the default 10 s), then closed
+
+
+def test_envoy_render_prints_what_the_stack_runs_and_validates_it(stack: Stack) -> None:
+    before = {p: p.read_bytes() for p in stack.envoy_dir.rglob("*.json")}
+    out = cli(stack, "envoy", "render").stdout
+    assert f"# {stack.envoy_config}" in out
+    running = json.loads(stack.envoy_config.read_text())
+    printed = out.split(f"# {stack.envoy_config}\n", 1)[1].split("\n# ", 1)[0]
+    mine, theirs = json.loads(printed)["static_resources"], running["static_resources"]
+    assert mine["clusters"] == theirs["clusters"]
+    # the same but for the tests' benchmark floor listener (not a setting)
+    assert mine["listeners"] == [x for x in theirs["listeners"] if x["name"] != "floor"]
+    assert {p: p.read_bytes() for p in stack.envoy_dir.rglob("*.json")} == before  # untouched
+    assert "OK" in cli(stack, "envoy", "render", "--validate").stdout
