@@ -1,6 +1,6 @@
 """The bench Envoy: one listener per path, identical except for the guard.
 
-Every listener has the gateway's own HTTP connection manager (`extauthz.edge.build.
+Every listener has the gateway's own HTTP connection manager (`extauthz.edge.listeners.
 connection_manager`: path normalisation, header limits, timeouts, request ids, access log, the
 generic local replies) with the same two routes; only `http_filters` differ:
 
@@ -22,7 +22,7 @@ same Envoy answering 200 with a direct response, so the guard is the only work b
 itself. (A direct_response on the guarded route would skip Envoy's rate-limit filter, which only
 acts on routes with an upstream, and so would flatter peer D.)
 
-Built from the gateway's typed builder (extauthz/edge/build.py) with bench options, so "differs
+Built from the gateway's typed builder (extauthz/edge/) with bench options, so "differs
 only in the guard" and "the gateway's connection manager" hold by construction.
 """
 
@@ -34,10 +34,25 @@ from typing import Any
 
 from pydantic.warnings import PydanticDeprecatedSince212
 
-from extauthz.edge import build
-from extauthz.edge.build import core, envoy_type, hcm, listener, matcher, pack, route, seconds
+from extauthz.edge.clusters import static_cluster
+from extauthz.edge.filters import ext_authz_filter, router_filter
+from extauthz.edge.listeners import connection_manager, plain_listener
+from extauthz.edge.proto import (
+    bootstrap,
+    core,
+    envoy_type,
+    hcm,
+    listener,
+    matcher,
+    pack,
+    route,
+    seconds,
+    socket_address,
+    to_dict,
+)
+from extauthz.edge.routes import MODEL_SERVER
 
-with warnings.catch_warnings():  # see extauthz/edge/build.py
+with warnings.catch_warnings():  # see extauthz/edge/proto.py
     warnings.simplefilter("ignore", PydanticDeprecatedSince212)
     from envoy_data_plane.envoy.config.ratelimit import v3 as ratelimit_config
     from envoy_data_plane.envoy.config.rbac import v3 as rbac
@@ -55,7 +70,7 @@ MODEL_PATH = "/v2/models/digits/infer"
 def _ext_authz(cluster: str, max_body_bytes: int) -> hcm.HttpFilter:
     """The gateway's ext_authz filter, pointed at `cluster` (one route per listener: no route
     re-selection after it)."""
-    return build.ext_authz_filter(cluster, max_body_bytes, clear_route_cache=False)
+    return ext_authz_filter(cluster, max_body_bytes, clear_route_cache=False)
 
 
 def _ratelimit(cluster: str) -> hcm.HttpFilter:
@@ -207,7 +222,7 @@ def _routes(name: str, *, rate_limited: bool) -> route.RouteConfiguration:
             ),
             route.Route(
                 match=route.RouteMatch(prefix="/"),
-                route=route.RouteAction(cluster=build.MODEL_SERVER, timeout=seconds(15)),
+                route=route.RouteAction(cluster=MODEL_SERVER, timeout=seconds(15)),
             ),
         ],
     )
@@ -255,11 +270,11 @@ def _sink_listener(port: int) -> listener.Listener:
                 )
             ],
         ),
-        http_filters=[build.router_filter()],
+        http_filters=[router_filter()],
     )
     return listener.Listener(
         name="bench_sink",
-        address=build.socket_address(port),
+        address=socket_address(port),
         filter_chains=[
             listener.FilterChain(
                 filters=[
@@ -294,32 +309,32 @@ def bench_config(
         "C": [_ext_authz("extauthz", max_body_bytes)],
     }
     clusters = [
-        build.static_cluster(build.MODEL_SERVER, model_port, h2=False, connect_timeout=0.5),
-        build.static_cluster("sink", sink_port, h2=False),
-        build.static_cluster("extauthz", extauthz_port, h2=True),
-        build.static_cluster("trivial_authz", trivial_port, h2=True),
+        static_cluster(MODEL_SERVER, model_port, h2=False, connect_timeout=0.5),
+        static_cluster("sink", sink_port, h2=False),
+        static_cluster("extauthz", extauthz_port, h2=True),
+        static_cluster("trivial_authz", trivial_port, h2=True),
     ]
     if peer_port is not None:
         guards["D"] = [_ext_authz("peer_authz", max_body_bytes)]
-        clusters.append(build.static_cluster("peer_authz", peer_port, h2=True))
+        clusters.append(static_cluster("peer_authz", peer_port, h2=True))
         if ratelimit_port is not None:
             guards["D"].append(_ratelimit("ratelimit"))
-            clusters.append(build.static_cluster("ratelimit", ratelimit_port, h2=True))
+            clusters.append(static_cluster("ratelimit", ratelimit_port, h2=True))
     if native_jwt is not None:
         guards["E"] = _native(*native_jwt)
     out_listeners = [_sink_listener(sink_port)]
     for name, port in listeners.items():
-        manager = build.connection_manager(
+        manager = connection_manager(
             f"bench_{name}",
-            [*guards[name], build.router_filter()],
+            [*guards[name], router_filter()],
             access_log_dir / f"envoy-bench-{name}.log",
             route_config=_routes(name, rate_limited=name == "D" and ratelimit_port is not None),
         )
-        out_listeners.append(build.plain_listener(f"bench_{name}", port, manager, 1048576))
-    config = build.bootstrap.Bootstrap(
-        admin=build.bootstrap.Admin(address=build.socket_address(admin_port)),
-        static_resources=build.bootstrap.BootstrapStaticResources(
+        out_listeners.append(plain_listener(f"bench_{name}", port, manager, 1048576))
+    config = bootstrap.Bootstrap(
+        admin=bootstrap.Admin(address=socket_address(admin_port)),
+        static_resources=bootstrap.BootstrapStaticResources(
             listeners=out_listeners, clusters=clusters
         ),
     )
-    return build.to_dict(config)
+    return to_dict(config)

@@ -461,6 +461,11 @@ class Settings(BaseSettings):
         description="Seconds Envoy waits for the model server's answer on a model route, unless "
         "the model's catalog entry sets edge.timeout_s.",
     )
+    envoy_request_headers_timeout: float = Field(
+        10.0,
+        description="Seconds a client has to send a request's headers (slow-header clients get "
+        "408 and the connection closed).",
+    )
     envoy_model_max_requests: int = Field(
         1024,
         description="Circuit breaker toward the model server (per cluster): most connections, "

@@ -106,28 +106,33 @@ def cmd_dev_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_render(args: argparse.Namespace) -> int:
-    """The generated configuration (extauthz/edge/): by default the files the stack's Envoy
-    runs on (bootstrap printed; RDS/CDS/SDS files named on stderr); `--static`: one
-    self-contained file with routes, clusters and certificates inline."""
+    """The generated configuration (extauthz/edge/) for the current settings and catalog,
+    printed, never written over a running stack's files: the bootstrap, RDS and CDS documents
+    of `<run_dir>/envoy/` (`--static`: one self-contained config with routes, clusters and
+    certificate files inline). `--validate`: `envoy --mode validate` on the self-contained one."""
+    import json
+    import tempfile
+
+    from extauthz.dev.devstack import find_envoy
     from extauthz.edge.build import gateway_ports
-    from extauthz.edge.render import write_static
+    from extauthz.edge.render import gateway_documents, validate, write_static
 
     stack = _stack()
-    stack.logs.mkdir(parents=True, exist_ok=True)
-    if args.static:
-        stack.prepare_identity()
-        path = write_static(
-            stack.settings,
-            stack.envoy_dir / "static.json",
-            stack.envoy_files(),
-            gateway_ports(stack.settings),
-            stack.catalog(),
-        )
-        print(path.read_text(), end="")
+    s, files, models = stack.settings, stack.envoy_files(), stack.catalog()
+    if args.static or args.validate:
+        stack.prepare_identity()  # the certificate files it names
+        stack.logs.mkdir(parents=True, exist_ok=True)  # and the access log's directory
+        with tempfile.TemporaryDirectory(prefix="extauthz-envoy-") as tmp:
+            path = write_static(s, Path(tmp) / "envoy.json", files, gateway_ports(s), models)
+            if args.validate:
+                ok, words = validate(path, find_envoy())
+                print(words, file=sys.stdout if ok else sys.stderr)
+                return 0 if ok else 1
+            print(path.read_text(), end="")
         return 0
-    print(stack.render_envoy().read_text(), end="")
-    for path in sorted(stack.envoy_dir.glob("*/**/*.json")):
-        print(f"dynamic resources: {path}", file=sys.stderr)
+    for name, doc in gateway_documents(s, stack.envoy_dir, files, gateway_ports(s), models).items():
+        print(f"# {name}")
+        print(json.dumps(doc, indent=1))
     return 0
 
 
@@ -135,11 +140,14 @@ def register_envoy(sub: argparse._SubParsersAction) -> None:
     envoy = sub.add_parser("envoy", help="Envoy configuration").add_subparsers(
         dest="envoy_command", required=True
     )
-    render = envoy.add_parser("render", help="write and print the Envoy config for the settings")
+    render = envoy.add_parser("render", help="print the Envoy config for the settings")
     render.add_argument(
         "--static",
         action="store_true",
-        help="one self-contained file (routes, clusters, certificates inline)",
+        help="one self-contained config (routes, clusters, certificates inline)",
+    )
+    render.add_argument(
+        "--validate", action="store_true", help="run `envoy --mode validate` on it instead"
     )
     render.set_defaults(func=cmd_envoy_render)
 

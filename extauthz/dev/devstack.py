@@ -33,8 +33,8 @@ from extauthz.policy.tools import IGNORE_ARGS
 from extauthz.settings import Settings
 
 if TYPE_CHECKING:  # the generator (extauthz/edge/) is imported when Envoy's config is written
-    from extauthz.edge.build import Files
     from extauthz.edge.catalog import Model
+    from extauthz.edge.listeners import Files
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDER = ("redis", "opa", "model", "extauthz", "envoy", "analytics")
@@ -179,7 +179,7 @@ class Stack:
 
     def envoy_files(self) -> Files:
         """What the generated configuration points Envoy at: access log, certificates, CA."""
-        from extauthz.edge.build import Files
+        from extauthz.edge.listeners import Files
 
         return Files(
             access_log=self.logs / "envoy-access.log",
@@ -204,6 +204,19 @@ class Stack:
         return write_gateway(
             self.settings, self.envoy_dir, self.envoy_files(), ports, self.catalog()
         )
+
+    def rotate_certificate(self) -> int:
+        """Issue Envoy's listeners a new certificate from the dev CA and deliver it by SDS: the
+        running Envoy serves it on new connections, no restart. Returns its serial number."""
+        from extauthz.edge.render import write_tls_secret
+
+        cert = self.dev_ca.issue_server()
+        write_tls_secret(
+            self.envoy_dir / "sds" / "secret.json",
+            self.dev_ca.server_cert.read_bytes(),
+            self.dev_ca.server_key.read_bytes(),
+        )
+        return cert.serial_number
 
     def update_routes(
         self, models: tuple[Model, ...] | None = None, *, prune: bool = False

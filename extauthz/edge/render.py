@@ -22,9 +22,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import betterproto2
-
-from extauthz.edge import build
+from extauthz.edge import build, clusters, listeners, proto, routes
 from extauthz.edge.catalog import Model
 from extauthz.settings import Settings
 
@@ -33,9 +31,9 @@ _CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 _SECRET_TYPE = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"  # noqa: S105
 
 
-def layout(config_dir: Path, files: build.Files) -> build.Files:
+def layout(config_dir: Path, files: listeners.Files) -> listeners.Files:
     """`files` with the dynamic resources under `config_dir`."""
-    return build.Files(
+    return listeners.Files(
         access_log=files.access_log,
         server_cert=files.server_cert,
         server_key=files.server_key,
@@ -97,20 +95,20 @@ def write_dynamic(
     wait until Envoy reports every new cluster before the routes change (raises TimeoutError).
     Clusters the previous file had and `models` no longer name stay (in-flight requests may
     still use them) unless `prune`: call again with `prune=True` once the routes moved away."""
-    files = build.Files(Path(), Path(), Path(), Path(), xds_dir=xds_dir)
-    clusters = {c.name: build.to_dict(c) for c in build.model_clusters(s, models)}
+    files = listeners.Files(Path(), Path(), Path(), Path(), xds_dir=xds_dir)
+    wanted = {c.name: proto.to_dict(c) for c in clusters.model_clusters(s, models)}
     if not prune:
         for old in _resources(files.cds_file):
-            clusters.setdefault(old.get("name", ""), {k: v for k, v in old.items() if k != "@type"})
-    atomic_write(files.cds_file, dumps(discovery_response(_CLUSTER_TYPE, clusters.values())))
+            wanted.setdefault(old.get("name", ""), {k: v for k, v in old.items() if k != "@type"})
+    atomic_write(files.cds_file, dumps(discovery_response(_CLUSTER_TYPE, wanted.values())))
     if admin_url:
         deadline = time.monotonic() + timeout
-        while not set(clusters) <= _envoy_clusters(admin_url):
+        while not set(wanted) <= _envoy_clusters(admin_url):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"Envoy did not load clusters {sorted(clusters)}")
+                raise TimeoutError(f"Envoy did not load clusters {sorted(wanted)}")
             time.sleep(0.05)
-    routes = build.route_configuration(s, models, shaping=shaping)
-    atomic_write(files.rds_file, dumps(discovery_response(_ROUTE_TYPE, [build.to_dict(routes)])))
+    config = routes.route_configuration(s, models, shaping=shaping)
+    atomic_write(files.rds_file, dumps(discovery_response(_ROUTE_TYPE, [proto.to_dict(config)])))
 
 
 def write_tls_secret(secret_file: Path, cert_pem: bytes, key_pem: bytes) -> Path:
@@ -118,7 +116,7 @@ def write_tls_secret(secret_file: Path, cert_pem: bytes, key_pem: bytes) -> Path
     (named by their digest; the key 0600), then the secret naming them. Envoy loads it without a
     restart; connections already open keep the certificate they were made with. Returns the
     certificate file."""
-    core, tls = build.core, build.tls
+    core, tls = proto.core, proto.tls
     directory = secret_file.parent
     tag = hashlib.sha256(cert_pem).hexdigest()[:12]
     cert_file, key_file = directory / f"server-{tag}.pem", directory / f"server-{tag}.key"
@@ -126,13 +124,13 @@ def write_tls_secret(secret_file: Path, cert_pem: bytes, key_pem: bytes) -> Path
     atomic_write(key_file, key_pem.decode(), mode=0o600)
     previous = {p for r in _resources(secret_file) for p in _secret_paths(r)}
     secret = tls.Secret(
-        name=build.TLS_SECRET,
+        name=listeners.TLS_SECRET,
         tls_certificate=tls.TlsCertificate(
             certificate_chain=core.DataSource(filename=str(cert_file)),
             private_key=core.DataSource(filename=str(key_file)),
         ),
     )
-    atomic_write(secret_file, dumps(discovery_response(_SECRET_TYPE, [build.to_dict(secret)])))
+    atomic_write(secret_file, dumps(discovery_response(_SECRET_TYPE, [proto.to_dict(secret)])))
     keep = previous | {str(cert_file), str(key_file)}  # the previous pair may still be loading
     for old in directory.glob("server-*"):
         if str(old) not in keep:
@@ -148,7 +146,7 @@ def _secret_paths(resource: dict[str, Any]) -> list[str]:
 def write_gateway(
     s: Settings,
     config_dir: Path,
-    files: build.Files,
+    files: listeners.Files,
     ports: build.Ports,
     models: tuple[Model, ...],
     *,
@@ -164,14 +162,14 @@ def write_gateway(
     write_dynamic(s, models, files.xds_dir, shaping=shaping, prune=True)
     path = config_dir / "bootstrap.json"
     boot = build.gateway_bootstrap(s, models, files, ports, shaping=shaping)
-    atomic_write(path, dumps(build.to_dict(boot)))
+    atomic_write(path, dumps(proto.to_dict(boot)))
     return path
 
 
 def write_static(
     s: Settings,
     path: Path,
-    files: build.Files,
+    files: listeners.Files,
     ports: build.Ports,
     models: tuple[Model, ...],
     *,
@@ -180,9 +178,42 @@ def write_static(
     """One self-contained file: routes, clusters and certificates inline (what `envoy --mode
     validate` can check whole; what `extauthz envoy render --static` prints)."""
     boot = build.gateway_bootstrap(s, models, files, ports, shaping=shaping)
-    atomic_write(path, dumps(build.to_dict(boot)))
+    atomic_write(path, dumps(proto.to_dict(boot)))
     return path
 
 
-def to_json(message: betterproto2.Message) -> str:
-    return dumps(build.to_dict(message))
+def gateway_documents(
+    s: Settings,
+    config_dir: Path,
+    files: listeners.Files,
+    ports: build.Ports,
+    models: tuple[Model, ...],
+) -> dict[str, dict[str, Any]]:
+    """What `write_gateway` would write under `config_dir` (bootstrap, RDS, CDS), written
+    nowhere: `extauthz envoy render` prints it without touching a running stack's files."""
+    files = layout(config_dir, files)
+    assert files.xds_dir is not None
+    config = routes.route_configuration(s, models)
+    return {
+        str(config_dir / "bootstrap.json"): proto.to_dict(
+            build.gateway_bootstrap(s, models, files, ports)
+        ),
+        str(files.rds_file): discovery_response(_ROUTE_TYPE, [proto.to_dict(config)]),
+        str(files.cds_file): discovery_response(
+            _CLUSTER_TYPE, [proto.to_dict(c) for c in clusters.model_clusters(s, models)]
+        ),
+    }
+
+
+def validate(config: Path, envoy: str) -> tuple[bool, str]:
+    """`envoy --mode validate` on `config`: (accepted, Envoy's words)."""
+    import subprocess
+
+    out = subprocess.run(
+        [envoy, "--mode", "validate", "-c", str(config), "--log-level", "error"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return out.returncode == 0, (out.stdout + out.stderr).strip()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from extauthz.edge import build, render
+from extauthz.edge import clusters, listeners, proto, render, routes
 from extauthz.edge.catalog import CatalogError, Model, Version, load_catalog, parse_catalog
 from extauthz.settings import Settings
 
@@ -19,7 +19,7 @@ DIGITS_V = Model("digits", None, (Version("v1", 90), Version("v2", 10, "canary-p
 
 
 def routes_of(models: tuple[Model, ...]) -> list[dict]:
-    config = build.to_dict(build.route_configuration(S, models))
+    config = proto.to_dict(routes.route_configuration(S, models))
     return config["virtual_hosts"][0]["routes"]
 
 
@@ -49,8 +49,8 @@ def test_a_catalog_the_routes_could_not_carry_safely_is_refused(doc: dict) -> No
 
 
 def test_every_model_has_its_own_route_with_its_own_timeout_before_the_default() -> None:
-    routes = routes_of((Model("digits"), Model("echo", 5.0)))
-    names = [r["name"] for r in routes]
+    found = routes_of((Model("digits"), Model("echo", 5.0)))
+    names = [r["name"] for r in found]
     assert names == [
         "model/digits/shaped",
         "model/digits",
@@ -59,7 +59,7 @@ def test_every_model_has_its_own_route_with_its_own_timeout_before_the_default()
         "default/shaped",
         "default",
     ]
-    by_name = {r["name"]: r for r in routes}
+    by_name = {r["name"]: r for r in found}
     assert by_name["model/digits"]["match"] == {"path_separated_prefix": "/v2/models/digits"}
     assert by_name["model/digits"]["route"] == {"cluster": "model_server", "timeout": "15s"}
     assert by_name["model/echo"]["route"]["timeout"] == "5s"
@@ -79,17 +79,17 @@ def test_every_model_has_its_own_route_with_its_own_timeout_before_the_default()
 
 
 def test_a_versioned_model_routes_by_the_header_extauthz_sets_and_nothing_else() -> None:
-    routes = [r for r in routes_of((DIGITS_V,)) if r["name"].startswith("model/")]
-    assert [r["name"] for r in routes] == [
+    found = [r for r in routes_of((DIGITS_V,)) if r["name"].startswith("model/")]
+    assert [r["name"] for r in found] == [
         "model/digits/v1/shaped",
         "model/digits/v1",
         "model/digits/v2/shaped",
         "model/digits/v2",
         "model/digits/no-version",
     ]
-    v1, v2, none = routes[1], routes[3], routes[4]
+    v1, v2, none = found[1], found[3], found[4]
     assert v1["match"]["headers"] == [
-        {"name": build.VERSION_HEADER, "string_match": {"exact": "v1"}}
+        {"name": routes.VERSION_HEADER, "string_match": {"exact": "v1"}}
     ]
     assert v1["route"]["cluster"] == "model-digits-v1"
     assert v2["route"]["cluster"] == "canary-pool"  # its `upstream`
@@ -111,9 +111,9 @@ def test_a_versioned_model_routes_by_the_header_extauthz_sets_and_nothing_else()
 def test_model_clusters_one_per_version_without_upstream_with_breakers_and_outlier_detection() -> (
     None
 ):
-    clusters = [build.to_dict(c) for c in build.model_clusters(S, (Model("echo"), DIGITS_V))]
-    assert [c["name"] for c in clusters] == ["model_server", "model-digits-v1"]
-    server = clusters[0]
+    found = [proto.to_dict(c) for c in clusters.model_clusters(S, (Model("echo"), DIGITS_V))]
+    assert [c["name"] for c in found] == ["model_server", "model-digits-v1"]
+    server = found[0]
     endpoint = server["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     assert endpoint["address"]["socket_address"]["port_value"] == 18080
     assert server["circuit_breakers"]["thresholds"][0]["max_requests"] == 1024
@@ -124,7 +124,7 @@ def test_model_clusters_one_per_version_without_upstream_with_breakers_and_outli
 def test_write_dynamic_keeps_clusters_routes_left_until_pruned(tmp_path: Path) -> None:
     xds = tmp_path / "xds"
     render.write_dynamic(S, (DIGITS_V,), xds)
-    files = build.Files(Path(), Path(), Path(), Path(), xds_dir=xds)
+    files = listeners.Files(Path(), Path(), Path(), Path(), xds_dir=xds)
 
     def clusters() -> list[str]:
         return [r["name"] for r in json.loads(files.cds_file.read_text())["resources"]]
@@ -146,7 +146,7 @@ def test_a_rotated_certificate_replaces_the_previous_but_one(tmp_path: Path) -> 
     secret = tmp_path / "sds" / "secret.json"
     files = [render.write_tls_secret(secret, f"cert {i}".encode(), b"key") for i in range(3)]
     doc = json.loads(secret.read_text())["resources"][0]
-    assert doc["name"] == build.TLS_SECRET
+    assert doc["name"] == listeners.TLS_SECRET
     assert doc["tls_certificate"]["certificate_chain"]["filename"] == str(files[2])
     left = sorted(p.name for p in secret.parent.glob("server-*.pem"))
     assert left == sorted([files[1].name, files[2].name])  # the previous pair may be loading
@@ -169,9 +169,9 @@ def test_the_bench_listeners_share_the_gateway_connection_manager(tmp_path: Path
         max_body_bytes=S.max_body_bytes,
         access_log_dir=tmp_path,
     )
-    gateway = build.to_dict(
-        build.connection_manager(
-            "x", [], tmp_path / "log", route_config=build.route_configuration(S, ())
+    gateway = proto.to_dict(
+        listeners.connection_manager(
+            "x", [], tmp_path / "log", route_config=routes.route_configuration(S, ())
         )
     )["typed_config"]
     differ = {"stat_prefix", "http_filters", "route_config", "access_log"}
