@@ -372,7 +372,9 @@ def test_limits_and_breakers_are_what_envoy_runs_with(stack: Stack) -> None:
     routes = admin(stack, "/config_dump?resource=dynamic_route_configs").json()["configs"]
     by_name = {r["name"]: r for r in routes[0]["route_config"]["virtual_hosts"][0]["routes"]}
     assert by_name["model/echo"]["route"]["timeout"] == "5s"
-    assert by_name["model/digits"]["route"]["timeout"] == f"{s.envoy_route_timeout:g}s"
+    default = f"{s.envoy_route_timeout:g}s"
+    assert by_name["model/iris"]["route"]["timeout"] == default
+    assert by_name["model/digits/v1"]["route"]["timeout"] == default  # digits has versions
 
 
 @pytest.fixture(scope="module")
