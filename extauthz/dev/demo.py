@@ -161,7 +161,8 @@ def _logged_reasons(path: Path) -> dict[str, str]:
                 continue
             policy = rec.get("policy_reason")
             detail = f" ({policy})" if policy and policy != "ok" else ""
-            reasons[rec["request_id"]] = f"{rec['reason']}{detail}"
+            served = f", model version {rec['version']}" if rec.get("version") else ""
+            reasons[rec["request_id"]] = f"{rec['reason']}{detail}{served}"
     return reasons
 
 

@@ -29,6 +29,8 @@ def test_demo_shows_allowed_and_denied_requests(
         r"bob key → diabetes \(restricted\)\s+policy_deny \(insufficient_assurance\)", out
     )
     assert re.search(r"the same DPoP proof again \(replay\)\s+dpop_replay", out)
+    # digits has versions: the log names the one served
+    assert re.search(r"alice key \(analyst, vision\) → digits\s+ok, model version v1", out)
     # the shaped answer: one score (the top class's), not the model's two
     shaped = re.search(
         r"cancer scores \(shaped: top-1, 2 dp\)\s+200\s+prediction \[([^\]]*)\]", out
