@@ -195,6 +195,11 @@ def test_shift_promote_rollback(
         logged[s.request_id] == s.version for s in served
     )  # the log names the version served
 
+    # each version is its own Envoy cluster: its answers and latency are counted apart
+    stats = httpx.get(f"http://127.0.0.1:{stack.settings.envoy_admin_port}/stats?format=json")
+    counters = {s["name"]: s.get("value") for s in stats.json()["stats"] if "value" in s}
+    assert counters["cluster.model-digits-v2.upstream_rq_2xx"] >= on_v2
+
     # sticky: each caller's repeated requests see one version, a client header changes nothing
     for i in range(10):
         bearer = token(stack, f"half-{i}")
