@@ -109,7 +109,13 @@ def _change(
         # every service worker sees the new revision within one poll (and stops using
         # decisions cached under the old one)
         time.sleep(2 * settings.revision_poll_interval + 0.05)
-        if envoy == "after":
+        if envoy == "after" and outcome != "ok":
+            print(
+                f"models {action}: Envoy's routes left as they are while OPA may still choose "
+                "the version; run `extauthz models sync` once OPA has the catalog",
+                file=sys.stderr,
+            )
+        elif envoy == "after":
             time.sleep(drain)  # requests already routed to the version finish
             try:
                 _envoy(settings, after)  # routes no longer name it

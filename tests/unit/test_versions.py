@@ -162,3 +162,24 @@ def test_the_cli_refuses_an_unknown_version_without_writing(tmp_path) -> None:  
         check=True,
     )
     assert "digits: stable v1" in listed.stdout and "v2           weight   0" in listed.stdout
+
+
+def test_a_removal_opa_did_not_take_leaves_envoy_alone(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """OPA unreachable: the catalog file is written (a watching OPA loads it later), but the
+    version's route stays, since the policy may still choose it; exit 1."""
+    import shutil
+
+    from extauthz.cli import models
+
+    shutil.copytree(ROOT / "rego", tmp_path / "rego")
+    path = catalog_file(tmp_path / "rego")
+    write_catalog(path, add_version(read_catalog(path), "digits", "v3"))
+    monkeypatch.setenv("EXTAUTHZ_POLICY_DIR", str(tmp_path / "rego"))
+    monkeypatch.setenv("EXTAUTHZ_OPA_URL", "http://127.0.0.1:9")  # nothing listens
+    monkeypatch.setenv("EXTAUTHZ_AUDIT_ENABLED", "false")
+    touched: list[bool] = []
+    monkeypatch.setattr(models, "_envoy", lambda *a, **k: touched.append(True))
+    args = models.argparse.Namespace(model="digits", version="v3", drain=0.0)
+    assert models.cmd_models_remove(args) == 1
+    assert "v3" not in read_catalog(path)["digits"]["versions"]
+    assert touched == []
