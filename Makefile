@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 OPA := $(shell command -v opa 2>/dev/null || echo bin/opa)
 
-.PHONY: bootstrap up down status demo test test-unit rego-test lint fmt clean bench bench-tools bench-gate bench-shaping soak redteam
+.PHONY: bootstrap up down status demo test test-unit rego-test lint fmt clean bench bench-tools bench-gate bench-shaping bench-tls soak redteam
 
 bootstrap:  ## install what this machine lacks (venvs, redis-server, opa)
 	@bash scripts/bootstrap.sh
@@ -43,6 +43,10 @@ bench-gate: bootstrap  ## the short CI benchmark gate alone (ratios vs bench/bas
 bench-shaping: bootstrap  ## what response shaping costs (shaped / unshaped, with and without the filters)
 	@bash scripts/install_bench_tools.sh --minimal
 	@$(PY) -m bench.shaping
+
+bench-tls: bootstrap  ## what the TLS listener adds over plain HTTP (p50 at concurrency 1)
+	@bash scripts/install_bench_tools.sh --minimal
+	@$(PY) -m bench.tls
 
 soak: bootstrap  ## 10 minutes of mixed traffic through Envoy: RSS, fds, Redis memory, p99 drift (not in CI)
 	@$(PY) -m bench.soak

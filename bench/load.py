@@ -50,8 +50,9 @@ def h2load(
     body: bytes,
     timeout: float = 120.0,
 ) -> Run:
-    """POST `body` to `url` `requests` times over `concurrency` HTTP/1.1 keep-alive connections."""
-    if not url.startswith("http://127.0.0.1:"):
+    """POST `body` to `url` `requests` times over `concurrency` HTTP/1.1 keep-alive connections
+    (an https:// URL: over TLS, ALPN http/1.1; h2load does not verify the certificate)."""
+    if not url.startswith(("http://127.0.0.1:", "https://127.0.0.1:")):
         raise LoadError(f"loopback only: {url}")
     with tempfile.TemporaryDirectory(prefix="h2load-") as tmp:
         body_file = Path(tmp) / "body"

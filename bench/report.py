@@ -315,7 +315,8 @@ def render(out_dir: Path) -> Path:
         "## Paths",
         "",
         "One bench Envoy, one listener per path, identical HTTP connection managers (those of "
-        "`envoy/envoy.yaml.in`'s `inference` listener), differing only in their HTTP filters:",
+        "the gateway's own, from `extauthz/edge/listeners.py`), differing only in their HTTP "
+        "filters:",
         "",
     ]
     lines += [f"- **{k}** {v}" for k, v in e2e["paths"].items()]

@@ -449,7 +449,37 @@ class Settings(BaseSettings):
     envoy_mtls_port: int = Field(
         10443, description="Envoy HTTPS listener requiring client certificates (dev stack)."
     )
+    envoy_tls_port: int = Field(
+        10444,
+        description="Envoy HTTPS listener for every client (TLS 1.2+, h2/http1.1 by ALPN; "
+        "certificate by SDS from files). The plain HTTP listener is for local development only.",
+    )
     envoy_admin_port: int = Field(9901, description="Envoy admin port (dev stack).")
+    # --- the edge (extauthz/edge/: Envoy's generated configuration)
+    envoy_route_timeout: float = Field(
+        15.0,
+        description="Seconds Envoy waits for the model server's answer on a model route, unless "
+        "the model's catalog entry sets edge.timeout_s.",
+    )
+    envoy_request_headers_timeout: float = Field(
+        10.0,
+        description="Seconds a client has to send a request's headers (slow-header clients get "
+        "408 and the connection closed).",
+    )
+    envoy_model_max_requests: int = Field(
+        1024,
+        description="Circuit breaker toward the model server (per cluster): most connections, "
+        "pending and active requests; past it Envoy answers 503 at once.",
+    )
+    envoy_max_connections: int = Field(
+        10_000,
+        description="Overload manager: most downstream connections Envoy accepts in total.",
+    )
+    envoy_max_heap_bytes: int = Field(
+        1 << 30,
+        description="Overload manager: Envoy's heap budget; at 95 % it shrinks its heap, at "
+        "98 % it refuses new requests.",
+    )
     model_port: int = Field(8080, description="MLServer HTTP port (dev stack).")
     model_grpc_port: int = Field(8081, description="MLServer gRPC port (dev stack).")
     model_venv: Path = Field(Path(".venv-model"), description="MLServer's own virtualenv.")

@@ -15,7 +15,7 @@ from extauthz.settings import Settings
 def stack_settings(run_dir: Path) -> Settings:
     """Settings for a stack on free ports, with its own copy of rego/ (tests edit policy live)
     and shadow mode on for the example candidate."""
-    envoy, admin, opa, redis, model, model_grpc, svc, metrics, mtls = free_ports(9)
+    envoy, admin, opa, redis, model, model_grpc, svc, metrics, mtls, tls = free_ports(10)
     policy_dir = run_dir / "rego"
     shutil.copytree(ROOT / "rego", policy_dir, dirs_exist_ok=True)
     return Settings(
@@ -25,6 +25,7 @@ def stack_settings(run_dir: Path) -> Settings:
         run_dir=run_dir,
         envoy_port=envoy,
         envoy_mtls_port=mtls,
+        envoy_tls_port=tls,
         jwks_min_refresh_interval=0.2,  # JWKS rotation is picked up at once
         envoy_admin_port=admin,
         opa_url=f"http://127.0.0.1:{opa}",

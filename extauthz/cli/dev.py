@@ -33,7 +33,13 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
     if kept:
         print(f"already running, left alone: {', '.join(kept)}", file=sys.stderr)
     s = stack.settings
-    print(f"envoy     {stack.envoy_url}  (admin http://127.0.0.1:{s.envoy_admin_port})")
+    print(
+        f"https     {stack.envoy_tls_url}  (TLS; its certificate from the dev CA, "
+        f"{stack.dev_ca.ca_file})"
+    )
+    print(f"mtls      {stack.envoy_mtls_url}  (client certificates from the dev CA)")
+    print(f"http      {stack.envoy_url}  (plain HTTP: local development only)")
+    print(f"envoy     admin http://127.0.0.1:{s.envoy_admin_port}  config {stack.envoy_dir}")
     print(f"extauthz  grpc 127.0.0.1:{s.port}")
     print(f"opa       http://127.0.0.1:{s.opa_port}")
     print(f"redis     redis://127.0.0.1:{s.redis_port}")
@@ -86,7 +92,10 @@ def cmd_dev_certs(args: argparse.Namespace) -> int:
     ca = stack.dev_ca
     ca.ensure()
     print(f"CA:      {ca.ca_file}")
-    print(f"server:  {ca.server_cert} (Envoy's mTLS listener, {stack.envoy_mtls_url})")
+    print(
+        f"server:  {ca.server_cert} (Envoy's TLS listeners, {stack.envoy_tls_url} and "
+        f"{stack.envoy_mtls_url})"
+    )
     if args.client:
         if not (args.uri or args.dns):
             print("a client certificate needs --uri and/or --dns", file=sys.stderr)
@@ -97,9 +106,33 @@ def cmd_dev_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_envoy_render(args: argparse.Namespace) -> int:
+    """The generated configuration (extauthz/edge/) for the current settings and catalog,
+    printed, never written over a running stack's files: the bootstrap, RDS and CDS documents
+    of `<run_dir>/envoy/` (`--static`: one self-contained config with routes, clusters and
+    certificate files inline). `--validate`: `envoy --mode validate` on the self-contained one."""
+    import json
+    import tempfile
+
+    from extauthz.dev.devstack import find_envoy
+    from extauthz.edge.build import gateway_ports
+    from extauthz.edge.render import gateway_documents, validate, write_static
+
     stack = _stack()
-    stack.logs.mkdir(parents=True, exist_ok=True)
-    print(stack.render_envoy().read_text())
+    s, files, models = stack.settings, stack.envoy_files(), stack.catalog()
+    if args.static or args.validate:
+        stack.prepare_identity()  # the certificate files it names
+        stack.logs.mkdir(parents=True, exist_ok=True)  # and the access log's directory
+        with tempfile.TemporaryDirectory(prefix="extauthz-envoy-") as tmp:
+            path = write_static(s, Path(tmp) / "envoy.json", files, gateway_ports(s), models)
+            if args.validate:
+                ok, words = validate(path, find_envoy())
+                print(words, file=sys.stdout if ok else sys.stderr)
+                return 0 if ok else 1
+            print(path.read_text(), end="")
+        return 0
+    for name, doc in gateway_documents(s, stack.envoy_dir, files, gateway_ports(s), models).items():
+        print(f"# {name}")
+        print(json.dumps(doc, indent=1))
     return 0
 
 
@@ -107,9 +140,16 @@ def register_envoy(sub: argparse._SubParsersAction) -> None:
     envoy = sub.add_parser("envoy", help="Envoy configuration").add_subparsers(
         dest="envoy_command", required=True
     )
-    envoy.add_parser("render", help="print the Envoy config for the current settings").set_defaults(
-        func=cmd_envoy_render
+    render = envoy.add_parser("render", help="print the Envoy config for the settings")
+    render.add_argument(
+        "--static",
+        action="store_true",
+        help="one self-contained config (routes, clusters, certificates inline)",
     )
+    render.add_argument(
+        "--validate", action="store_true", help="run `envoy --mode validate` on it instead"
+    )
+    render.set_defaults(func=cmd_envoy_render)
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -184,16 +184,23 @@ class DevCA:
             write_private(self.dir / "ca.key", key_pem(key))
             write_public(self.ca_file, cert_pem(cert))
         if not (self.server_cert.exists() and self.server_key.exists()):
-            key, cert = issue(
-                self._ca(),
-                "localhost",
-                dns=("localhost",),
-                ips=("127.0.0.1",),
-                server=True,
-                clock=self._clock,
-            )
-            write_private(self.server_key, key_pem(key))
-            write_public(self.server_cert, cert_pem(cert))
+            self.issue_server()
+
+    def issue_server(self, days: int = 365) -> x509.Certificate:
+        """A new certificate for Envoy's listeners (localhost, 127.0.0.1), replacing the one in
+        server.pem/server.key (a rotation: Envoy gets it by SDS, extauthz.edge.render)."""
+        key, cert = issue(
+            self._ca(),
+            "localhost",
+            dns=("localhost",),
+            ips=("127.0.0.1",),
+            server=True,
+            days=days,
+            clock=self._clock,
+        )
+        write_private(self.server_key, key_pem(key))
+        write_public(self.server_cert, cert_pem(cert))
+        return cert
 
     def _ca(self) -> Issued:
         key = serialization.load_pem_private_key((self.dir / "ca.key").read_bytes(), None)

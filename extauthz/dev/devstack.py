@@ -9,12 +9,12 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import string
 import subprocess
 import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
@@ -31,6 +31,10 @@ from extauthz.dev.runner import (
 )
 from extauthz.policy.tools import IGNORE_ARGS
 from extauthz.settings import Settings
+
+if TYPE_CHECKING:  # the generator (extauthz/edge/) is imported when Envoy's config is written
+    from extauthz.edge.catalog import Model
+    from extauthz.edge.listeners import Files
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDER = ("redis", "opa", "model", "extauthz", "envoy", "analytics")
@@ -129,6 +133,10 @@ class Stack:
         return venv if venv.is_absolute() else ROOT / venv
 
     @property
+    def envoy_tls_url(self) -> str:
+        return f"https://127.0.0.1:{self.settings.envoy_tls_port}"
+
+    @property
     def envoy_mtls_url(self) -> str:
         return f"https://127.0.0.1:{self.settings.envoy_mtls_port}"
 
@@ -159,32 +167,71 @@ class Stack:
         if not self.settings.jwt_jwks:
             self.dev_issuer.ensure()
 
-    def render_envoy(self) -> Path:
-        s = self.settings
-        self.prepare_identity()
-        extra = ""
-        if self.floor_port:
-            extra = string.Template((ROOT / "envoy/floor-listener.yaml.in").read_text()).substitute(
-                floor_port=self.floor_port
-            )
-        text = string.Template((ROOT / "envoy/envoy.yaml.in").read_text()).substitute(
-            envoy_port=s.envoy_port,
-            envoy_admin_port=s.envoy_admin_port,
-            extauthz_port=s.port,
-            model_port=s.model_port,
-            max_body_bytes=s.max_body_bytes,
+    @property
+    def envoy_dir(self) -> Path:
+        """The generated Envoy configuration (extauthz/edge/render.py): bootstrap.json, the
+        RDS/CDS files under xds/ and the certificate's SDS file under sds/."""
+        return self.run_dir / "envoy"
+
+    @property
+    def envoy_config(self) -> Path:
+        return self.envoy_dir / "bootstrap.json"
+
+    def envoy_files(self) -> Files:
+        """What the generated configuration points Envoy at: access log, certificates, CA."""
+        from extauthz.edge.listeners import Files
+
+        return Files(
             access_log=self.logs / "envoy-access.log",
-            extra_listeners=extra,
-            envoy_mtls_port=s.envoy_mtls_port,
-            tls_cert=self.dev_ca.server_cert,
-            tls_key=self.dev_ca.server_key,
+            server_cert=self.dev_ca.server_cert,
+            server_key=self.dev_ca.server_key,
             client_ca=self.client_ca_file,
-            shape_port=s.shape_port or s.port,
-            shape_max_body_bytes=s.shape_max_body_bytes,
         )
-        path = self.run_dir / "envoy.yaml"
-        path.write_text(text)
-        return path
+
+    def catalog(self) -> tuple[Model, ...]:
+        """The model catalog the policy reads (routes and model clusters come from it)."""
+        from extauthz.edge.catalog import load_catalog
+
+        return load_catalog(self.policy_dir)
+
+    def render_envoy(self) -> Path:
+        """Write every file of the stack's Envoy (extauthz/edge/); returns the bootstrap."""
+        from extauthz.edge.build import gateway_ports
+        from extauthz.edge.render import write_gateway
+
+        self.prepare_identity()
+        ports = gateway_ports(self.settings, self.floor_port or 0)
+        return write_gateway(
+            self.settings, self.envoy_dir, self.envoy_files(), ports, self.catalog()
+        )
+
+    def rotate_certificate(self) -> int:
+        """Issue Envoy's listeners a new certificate from the dev CA and deliver it by SDS: the
+        running Envoy serves it on new connections, no restart. Returns its serial number."""
+        from extauthz.edge.render import write_tls_secret
+
+        cert = self.dev_ca.issue_server()
+        write_tls_secret(
+            self.envoy_dir / "sds" / "secret.json",
+            self.dev_ca.server_cert.read_bytes(),
+            self.dev_ca.server_key.read_bytes(),
+        )
+        return cert.serial_number
+
+    def update_routes(
+        self, models: tuple[Model, ...] | None = None, *, prune: bool = False
+    ) -> None:
+        """Rewrite the running Envoy's routes and model clusters (RDS/CDS files) from the catalog
+        (or `models`): no restart, no dropped request (extauthz.edge.render.write_dynamic)."""
+        from extauthz.edge.render import write_dynamic
+
+        write_dynamic(
+            self.settings,
+            self.catalog() if models is None else models,
+            self.envoy_dir / "xds",
+            prune=prune,
+            admin_url=f"http://127.0.0.1:{self.settings.envoy_admin_port}",
+        )
 
     def prepare_models(self) -> Path:
         models = self.run_dir / "models"
@@ -241,7 +288,8 @@ class Stack:
         env["EXTAUTHZ_RUN_DIR"] = str(self.run_dir)
         env["EXTAUTHZ_JWT_JWKS"] = self.jwks_location
         env["EXTAUTHZ_MTLS_CA_FILE"] = str(self.client_ca_file)
-        own = f"{self.envoy_url},{self.envoy_mtls_url}"  # DPoP htu: the stack's own listeners
+        # DPoP htu: the stack's own listeners
+        own = f"{self.envoy_url},{self.envoy_tls_url},{self.envoy_mtls_url}"
         env["EXTAUTHZ_DPOP_ORIGIN"] = self.settings.dpop_origin or own
         return env
 
@@ -305,7 +353,7 @@ class Stack:
                 lambda: grpc_health_ok(s.port),
                 env=self.service_env(),
             ),
-            "envoy": envoy_component("envoy", self.run_dir / "envoy.yaml", s.envoy_admin_port),
+            "envoy": envoy_component("envoy", self.envoy_config, s.envoy_admin_port),
             # ready once it owns a shard (with several workers: some worker does)
             "analytics": Component(
                 "analytics",

@@ -35,7 +35,7 @@ class ShapeError(ValueError):
 
 
 # The client's side of a model-server failure: the gateway's own generic bodies
-# (envoy/envoy.yaml.in, local_reply_config) and the status they go with.
+# (extauthz/edge/filters.py, local_reply_config) and the status they go with.
 _KEPT = {
     401: b'{"error":"unauthenticated"}',
     403: b'{"error":"forbidden"}',

@@ -265,13 +265,14 @@ def chunked_gateway(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> I
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ChunkedModel)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    envoy, admin, mtls = free_ports(3)
+    envoy, admin, mtls, tls = free_ports(4)
     settings = stack.settings.model_copy(
         update={
             "run_dir": tmp_path_factory.mktemp("chunked"),
             "envoy_port": envoy,
             "envoy_admin_port": admin,
             "envoy_mtls_port": mtls,
+            "envoy_tls_port": tls,
             "model_port": server.server_address[1],
         }
     )

@@ -95,6 +95,20 @@ def test_the_service_never_imports_the_dev_room_or_the_cli() -> None:
     assert not offenders, offenders
 
 
+def test_the_service_never_imports_the_edge_generator() -> None:
+    """extauthz/edge/ (envoy-data-plane, pydantic models of every Envoy type) stays off the
+    request path: only the dev room, the CLI and the edge room itself import it."""
+    outside = ("extauthz.dev", "extauthz.cli", "extauthz.edge")
+    offenders = [
+        f"{name} imports {imported}"
+        for name, path in _modules("extauthz").items()
+        if not name.startswith(outside) and name != "extauthz.__main__"
+        for imported in sorted(_imports(path))
+        if imported.startswith(("extauthz.edge", "envoy_data_plane", "betterproto2"))
+    ]
+    assert not offenders, offenders
+
+
 def test_no_import_circle_in_the_service_or_the_benchmarks() -> None:
     modules = _modules("extauthz", "bench")
     graph = {
