@@ -36,7 +36,7 @@ from pydantic.warnings import PydanticDeprecatedSince212
 
 from extauthz.edge.clusters import static_cluster
 from extauthz.edge.filters import ext_authz_filter, router_filter
-from extauthz.edge.listeners import connection_manager, plain_listener
+from extauthz.edge.listeners import connection_manager, hcm_filter, plain_listener
 from extauthz.edge.proto import (
     bootstrap,
     core,
@@ -50,7 +50,7 @@ from extauthz.edge.proto import (
     socket_address,
     to_dict,
 )
-from extauthz.edge.routes import MODEL_SERVER
+from extauthz.edge.routes import MODEL_SERVER, direct_response_routes
 
 with warnings.catch_warnings():  # see extauthz/edge/proto.py
     warnings.simplefilter("ignore", PydanticDeprecatedSince212)
@@ -246,46 +246,12 @@ def _sink_listener(port: int) -> listener.Listener:
     """The `sink` upstream: 200 with a fixed small JSON body, nothing else."""
     manager = hcm.HttpConnectionManager(
         stat_prefix="bench_sink",
-        route_config=route.RouteConfiguration(
-            name="sink",
-            virtual_hosts=[
-                route.VirtualHost(
-                    name="sink",
-                    domains=["*"],
-                    routes=[
-                        route.Route(
-                            match=route.RouteMatch(prefix="/"),
-                            direct_response=route.DirectResponseAction(
-                                status=200, body=core.DataSource(inline_string=SINK_BODY)
-                            ),
-                            response_headers_to_add=[
-                                core.HeaderValueOption(
-                                    header=core.HeaderValue(
-                                        key="content-type", value="application/json"
-                                    )
-                                )
-                            ],
-                        )
-                    ],
-                )
-            ],
+        route_config=direct_response_routes(
+            "sink", SINK_BODY, {"content-type": "application/json"}
         ),
         http_filters=[router_filter()],
     )
-    return listener.Listener(
-        name="bench_sink",
-        address=socket_address(port),
-        filter_chains=[
-            listener.FilterChain(
-                filters=[
-                    listener.Filter(
-                        name="envoy.filters.network.http_connection_manager",
-                        typed_config=pack(manager),
-                    )
-                ]
-            )
-        ],
-    )
+    return plain_listener("bench_sink", port, hcm_filter(manager))
 
 
 def bench_config(

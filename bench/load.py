@@ -13,6 +13,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
 
 
 class LoadError(RuntimeError):
@@ -88,6 +89,20 @@ def h2load(
         raise LoadError(f"unexpected h2load output:\n{out.stdout}")
     seconds = float(finished[1]) / (1000 if finished[2] == "ms" else 1)
     return Run(url, concurrency, requests, seconds, float(finished[3]), latencies, statuses)
+
+
+def latency_cell(values: list[int] | list[float], rps: list[float]) -> dict[str, float]:
+    """One cell of a benchmark summary: a run's latencies (µs) pooled over rounds, sorted here,
+    and each round's throughput."""
+    values = sorted(values)
+    return {
+        "n": len(values),
+        "p50_us": percentile(values, 50),
+        "p90_us": percentile(values, 90),
+        "p99_us": percentile(values, 99),
+        "max_us": float(values[-1]) if values else float("nan"),
+        "rps_median": median(rps) if rps else float("nan"),
+    }
 
 
 def percentile(sorted_values: list[int] | list[float], q: float) -> float:

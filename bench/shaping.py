@@ -34,7 +34,7 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
-from bench.load import h2load, percentile
+from bench.load import h2load, latency_cell, percentile
 from bench.procs import bench_settings
 from extauthz.dev.devstack import ROOT, Stack, envoy_component
 from extauthz.dev.runner import Component, free_ports, grpc_health_ok
@@ -164,13 +164,7 @@ def run(
             for x in runs
             if (x["request"], x["concurrency"], x["envoy"]) == (kind, conc, envoy)
         ]
-        summary.setdefault(kind, {}).setdefault(str(conc), {})[envoy] = {
-            "n": len(values),
-            "p50_us": percentile(values, 50),
-            "p90_us": percentile(values, 90),
-            "p99_us": percentile(values, 99),
-            "rps_median": median(rps),
-        }
+        summary.setdefault(kind, {}).setdefault(str(conc), {})[envoy] = latency_cell(values, rps)
     by_round = {(x["round"], x["request"], x["concurrency"], x["envoy"]): x for x in runs}
     for kind, by_conc in summary.items():
         for conc, cells in by_conc.items():

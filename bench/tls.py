@@ -35,6 +35,7 @@ from extauthz.dev.devstack import Stack, envoy_component
 from extauthz.dev.runner import free_ports
 from extauthz.edge import filters, listeners, proto
 from extauthz.edge.render import atomic_write, dumps
+from extauthz.edge.routes import direct_response_routes
 from tests.e2e.payloads import DIGITS
 
 PATH = "/v2/models/digits/infer"
@@ -43,24 +44,7 @@ PATH = "/v2/models/digits/infer"
 def direct_envoy(stack: Stack) -> tuple[Path, int, int, int]:
     """(config, plain port, TLS port, admin port) of an Envoy whose one route answers 200 itself."""
     plain, tls, admin = free_ports(3)
-    route = proto.route
-    routes = route.RouteConfiguration(
-        name="direct",
-        virtual_hosts=[
-            route.VirtualHost(
-                name="direct",
-                domains=["*"],
-                routes=[
-                    route.Route(
-                        match=route.RouteMatch(prefix="/"),
-                        direct_response=route.DirectResponseAction(
-                            status=200, body=proto.core.DataSource(inline_string='{"outputs":[]}')
-                        ),
-                    )
-                ],
-            )
-        ],
-    )
+    routes = direct_response_routes("direct", '{"outputs":[]}')
     files = stack.envoy_files()
     limit = stack.settings.shape_max_body_bytes
 

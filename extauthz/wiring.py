@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from extauthz.analytics.events import QueryEmitter
 from extauthz.audit.chain import load_signing_key
@@ -55,21 +56,28 @@ def key_pepper(settings: Settings) -> bytes:
     return path.read_text().strip().encode()
 
 
+# One retry, and only for a connection the server closed (a pooled connection gone stale when
+# Redis restarted or failed over: without it, the first decision on each such connection was a
+# 503). Never for a timeout: the decision has one budget, and failing closed beats waiting. A
+# command the old server had already run before it closed the connection is run again: a
+# request counted twice (stricter), or a DPoP proof seen as a replay (401) — closed, not open.
+_RETRY_STALE = (RedisConnectionError,)
+
+
 def redis_client(settings: Settings) -> aioredis.Redis:
-    # No client-side retries: the decision has one budget, and failing closed beats waiting.
     if settings.redis_cluster:
         return RedisCluster.from_url(  # type: ignore[return-value]
             settings.redis_url,
             socket_timeout=settings.redis_timeout,
             socket_connect_timeout=settings.redis_timeout,
-            retry=Retry(NoBackoff(), 0),
+            retry=Retry(NoBackoff(), 1, supported_errors=_RETRY_STALE),
             max_connections=64,
         )
     return aioredis.Redis.from_url(
         settings.redis_url,
         socket_timeout=settings.redis_timeout,
         socket_connect_timeout=settings.redis_timeout,
-        retry=Retry(NoBackoff(), 0),
+        retry=Retry(NoBackoff(), 1, supported_errors=_RETRY_STALE),
         max_connections=64,
     )
 

@@ -29,7 +29,7 @@ import httpx
 import redis as redis_sync
 
 from bench.envoy_bench import RATELIMIT_DOMAIN, SINK_HEADER
-from bench.load import Run, h2load, percentile
+from bench.load import Run, h2load, latency_cell, percentile
 from bench.procs import BIN, DIGITS_PATH, BenchStack, Peers
 from bench.profile import summarise_raw
 from tests.e2e.payloads import DIGITS
@@ -326,12 +326,7 @@ def run(
             if (x["route"], x["concurrency"], x["path"]) == (route, conc, path)
         ]
         summary.setdefault(route, {}).setdefault(str(conc), {})[path] = {
-            "n": len(values),
-            "p50_us": percentile(values, 50),
-            "p90_us": percentile(values, 90),
-            "p99_us": percentile(values, 99),
-            "max_us": float(values[-1]),
-            "rps_median": median(rps),
+            **latency_cell(values, rps),
             "rps_rounds": rps,
         }
         cdf.setdefault(route, {}).setdefault(str(conc), {})[path] = [

@@ -111,13 +111,18 @@ def connection_manager(
         manager.rds = hcm.Rds(config_source=config_source(rds_file), route_config_name=ROUTE_CONFIG)
     else:
         manager.route_config = route_config
+    return hcm_filter(manager)
+
+
+def hcm_filter(manager: hcm.HttpConnectionManager) -> listener.Filter:
+    """A connection manager as a listener's network filter."""
     return listener.Filter(
         name="envoy.filters.network.http_connection_manager", typed_config=pack(manager)
     )
 
 
 def plain_listener(
-    name: str, port: int, manager: listener.Filter, buffer_limit: int
+    name: str, port: int, manager: listener.Filter, buffer_limit: int | None = None
 ) -> listener.Listener:
     return listener.Listener(
         name=name,
@@ -211,17 +216,4 @@ def floor_listener(port: int) -> listener.Listener:
         ),
         http_filters=[router_filter()],
     )
-    return listener.Listener(
-        name="floor",
-        address=socket_address(port),
-        filter_chains=[
-            listener.FilterChain(
-                filters=[
-                    listener.Filter(
-                        name="envoy.filters.network.http_connection_manager",
-                        typed_config=pack(manager),
-                    )
-                ]
-            )
-        ],
-    )
+    return plain_listener("floor", port, hcm_filter(manager))

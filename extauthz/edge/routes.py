@@ -156,3 +156,30 @@ def route_configuration(
         # by RDS a route may name a cluster CDS has not delivered yet (503 until it has)
         validate_clusters=inline,
     )
+
+
+def direct_response_routes(
+    name: str, body: str, headers: dict[str, str] | None = None
+) -> route.RouteConfiguration:
+    """One route answering 200 with `body` itself (the bench's sink and TLS-alone Envoys)."""
+    return route.RouteConfiguration(
+        name=name,
+        virtual_hosts=[
+            route.VirtualHost(
+                name=name,
+                domains=["*"],
+                routes=[
+                    route.Route(
+                        match=route.RouteMatch(prefix="/"),
+                        direct_response=route.DirectResponseAction(
+                            status=200, body=core.DataSource(inline_string=body)
+                        ),
+                        response_headers_to_add=[
+                            core.HeaderValueOption(header=core.HeaderValue(key=k, value=v))
+                            for k, v in (headers or {}).items()
+                        ],
+                    )
+                ],
+            )
+        ],
+    )
