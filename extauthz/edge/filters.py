@@ -5,6 +5,7 @@ access log every connection manager has."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from extauthz.edge.proto import (
     Struct,
@@ -125,14 +126,7 @@ def ext_authz_filter(
         typed_config=pack(
             ext_authz.ExtAuthz(
                 transport_api_version=core.ApiVersion.V3,
-                grpc_service=core.GrpcService(
-                    envoy_grpc=core.GrpcServiceEnvoyGrpc(cluster_name=cluster_name),
-                    timeout=seconds(1),
-                ),
-                failure_mode_allow=False,
-                status_on_error=envoy_type.HttpStatus(
-                    code=envoy_type.StatusCode.ServiceUnavailable
-                ),
+                **_fail_closed_grpc(cluster_name),
                 with_request_body=ext_authz.BufferSettings(
                     max_request_bytes=max_body_bytes,
                     allow_partial_message=False,
@@ -259,14 +253,7 @@ def ext_proc_filter(cluster_name: str) -> hcm.HttpFilter:
         name="envoy.filters.http.ext_proc",
         typed_config=pack(
             ext_proc.ExternalProcessor(
-                grpc_service=core.GrpcService(
-                    envoy_grpc=core.GrpcServiceEnvoyGrpc(cluster_name=cluster_name),
-                    timeout=seconds(1),
-                ),
-                failure_mode_allow=False,
-                status_on_error=envoy_type.HttpStatus(
-                    code=envoy_type.StatusCode.ServiceUnavailable
-                ),
+                **_fail_closed_grpc(cluster_name),
                 message_timeout=seconds(1),
                 processing_mode=processing_mode(response=False),
                 metadata_options=ext_proc.MetadataOptions(
@@ -291,3 +278,15 @@ def inference_filters(s: Settings, *, shaping: bool = True) -> list[hcm.HttpFilt
     if not shaping:
         return [authz, router_filter()]
     return [authz, custom_response_filter(), ext_proc_filter("extauthz_shaping"), router_filter()]
+
+
+def _fail_closed_grpc(cluster_name: str) -> dict[str, Any]:
+    """A gRPC service of ours (1 s budget) that, unreachable or failing, is a 503, never an
+    allow: shared by ext_authz and ext_proc."""
+    return {
+        "grpc_service": core.GrpcService(
+            envoy_grpc=core.GrpcServiceEnvoyGrpc(cluster_name=cluster_name), timeout=seconds(1)
+        ),
+        "failure_mode_allow": False,
+        "status_on_error": envoy_type.HttpStatus(code=envoy_type.StatusCode.ServiceUnavailable),
+    }

@@ -103,13 +103,27 @@ async def test_every_event_of_a_tenant_reaches_the_one_worker_owning_its_shard(
     sample = [[rng.gauss(0, 1) for _ in range(8)] for _ in range(100)]
     await redis.set(profile_key("m"), build_profile("m", sample).to_json())
     one, two = _worker(redis, stack, tmp_path, "one"), _worker(redis, stack, tmp_path, "two")
+    await routed_to_one_owner(redis, one, two, "tenant")
+    for shard in range(SHARDS):  # read and acknowledged
+        groups = await redis.xinfo_groups(stream_key(shard))
+        assert groups[0]["pending"] == 0 and groups[0]["lag"] == 0
+    await one.close()
+    await two.close()
+
+
+async def routed_to_one_owner(redis: Any, one: Worker, two: Worker, prefix: str) -> None:
+    """Two workers split the shards; 12 tenants send 5 events each: every tenant's five reach
+    one worker, none the other (also run on a Redis Cluster: test_analytics_cluster.py)."""
     for w in (one, two, one, two):
         await w.claim()
+    assert len(one.owned) == len(two.owned) == SHARDS // 2
+    rng = random.Random(0)
+    sample = [[rng.gauss(0, 1) for _ in range(8)] for _ in range(100)]
     for w in (one, two):
         await w.refresh()
         w.config.profiles["m"] = build_profile("m", sample)  # "m" is not in the catalog
     emitter = QueryEmitter(redis, shards=SHARDS, maxlen=1000)
-    subjects = [f"tenant-{i}" for i in range(12)]
+    subjects = [f"{prefix}-{i}" for i in range(12)]
     for _ in range(5):
         for s in subjects:
             emitter.emit(_view(_body([rng.gauss(0, 1) for _ in range(8)]), "10.9.8.7"), _allowed(s))
@@ -118,11 +132,6 @@ async def test_every_event_of_a_tenant_reaches_the_one_worker_owning_its_shard(
     for s in subjects:
         rows = [w._tenants.get(s, "m").rows for w in (one, two)]
         assert sorted(rows) == [0, 5], (s, rows)  # all five at one worker, none at the other
-    for shard in range(SHARDS):  # read and acknowledged
-        groups = await redis.xinfo_groups(stream_key(shard))
-        assert groups[0]["pending"] == 0 and groups[0]["lag"] == 0
-    await one.close()
-    await two.close()
 
 
 async def test_responses_never_loosen_what_is_there_and_clear_undoes_them(

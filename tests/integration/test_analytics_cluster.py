@@ -5,14 +5,12 @@ written into the subject's risk hash (where the decision's one Lua call reads it
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
 from extauthz.analytics.actions import ActionLog, ActionStore
-from extauthz.analytics.profile import build_profile
 from extauthz.dev.devstack import Stack
 from extauthz.store.schema import analytics_owner_key as owner_key
 from extauthz.store.schema import analytics_stream as stream_key
@@ -20,10 +18,8 @@ from extauthz.store.schema import quarantine_key, risk_key, subject_tag
 from extauthz.wiring import redis_client
 from tests.integration.test_analytics import (
     SHARDS,
-    _allowed,
-    _body,
-    _view,
     _worker,
+    routed_to_one_owner,
     sybil_scenario,
 )
 
@@ -44,28 +40,10 @@ async def cluster(stack: Stack, cluster_url: str) -> AsyncIterator[Any]:
 async def test_shards_spread_over_slots_are_leased_routed_and_taken_over(
     cluster: Any, stack: Stack, tmp_path: Any
 ) -> None:
-    from extauthz.analytics.events import QueryEmitter
-
     slots = {await _slot(cluster, stream_key(s)) for s in range(SHARDS)}
     assert len(slots) > 1  # the shard streams really are on several slots
     one, two = _worker(cluster, stack, tmp_path, "one"), _worker(cluster, stack, tmp_path, "two")
-    for w in (one, two, one, two):
-        await w.claim()
-    assert len(one.owned) == len(two.owned) == SHARDS // 2
-    rng = random.Random(0)
-    sample = [[rng.gauss(0, 1) for _ in range(8)] for _ in range(100)]
-    for w in (one, two):
-        await w.refresh()
-        w.config.profiles["m"] = build_profile("m", sample)
-    emitter = QueryEmitter(cluster, shards=SHARDS, maxlen=1000)
-    subjects = [f"cl-tenant-{i}" for i in range(12)]
-    for _ in range(5):
-        for s in subjects:
-            emitter.emit(_view(_body([rng.gauss(0, 1) for _ in range(8)]), "10.9.8.7"), _allowed(s))
-    assert await emitter.flush() == 60
-    assert await one.read_once() + await two.read_once() == 60
-    for s in subjects:
-        assert sorted(w._tenants.get(s, "m").rows for w in (one, two)) == [0, 5], s
+    await routed_to_one_owner(cluster, one, two, "cl-tenant")
     # one dies: its leases lapse and two takes every shard over
     await asyncio.sleep(3.2)
     await two.claim()
