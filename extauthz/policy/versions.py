@@ -28,7 +28,8 @@ from typing import Any
 Catalog = dict[str, Any]
 
 VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # as policy/opa.py accepts
-_FIELDS = {"weight", "projects", "testers", "retired", "upstream"}
+# `lifted_projects`: the canary restriction a promote lifted, restored by a rollback of it
+_FIELDS = {"weight", "projects", "testers", "retired", "upstream", "lifted_projects"}
 
 
 class CatalogError(ValueError):
@@ -77,7 +78,7 @@ def validate(catalog: Catalog) -> None:
             weight = v.get("weight")
             if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 100:
                 raise CatalogError(f"{where}: weight must be an integer 0-100")
-            for field in ("projects", "testers"):
+            for field in ("projects", "testers", "lifted_projects"):
                 names = v.get(field, [])
                 if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
                     raise CatalogError(f"{where}: {field} must be a list of names")
@@ -143,7 +144,7 @@ def shift(catalog: Catalog, model: str, version: str, weight: int) -> Catalog:
 def promote(catalog: Catalog, model: str, version: str) -> Catalog:
     """`version` serves everyone: weight 100 (every other 0), stable; the old stable is
     remembered as previous. A canary's `projects` restriction is lifted (it is no longer a
-    canary); its testers stay."""
+    canary) and kept as `lifted_projects`, for a rollback to restore; its testers stay."""
     new = copy.deepcopy(catalog)
     target = _version(new, model, version)
     if target.get("retired"):
@@ -151,7 +152,9 @@ def promote(catalog: Catalog, model: str, version: str) -> Catalog:
     entry = new[model]
     for name, v in entry["versions"].items():
         v["weight"] = 100 if name == version else 0
-    target.pop("projects", None)
+    lifted = target.pop("projects", None)
+    if lifted is not None:
+        target["lifted_projects"] = lifted
     if entry["stable"] != version:
         entry["previous"] = entry["stable"]
     entry["stable"] = version
@@ -162,7 +165,8 @@ def promote(catalog: Catalog, model: str, version: str) -> Catalog:
 def rollback(catalog: Catalog, model: str) -> tuple[Catalog, str]:
     """A canary in progress (some version besides the stable one has weight): the stable
     version back at 100. Otherwise, after a promote: the previous stable back at 100, stable
-    again (previous is then empty: one step back, not a toggle). Returns (catalog, version)."""
+    again (previous is then empty: one step back, not a toggle), and the version rolled back
+    from is a canary again for the projects its promote lifted. Returns (catalog, version)."""
     new = copy.deepcopy(catalog)
     versions = versions_of(new, model)
     entry = new[model]
@@ -175,6 +179,9 @@ def rollback(catalog: Catalog, model: str) -> tuple[Catalog, str]:
             raise CatalogError(f"nothing to roll back: {model} serves {entry['stable']} only")
         if versions[target].get("retired"):
             raise CatalogError(f"{model} {target} is retired")
+        demoted = versions[entry["stable"]]
+        if "lifted_projects" in demoted:  # only those projects may ask for it by name again
+            demoted["projects"] = demoted.pop("lifted_projects")
         entry["stable"], entry["previous"] = target, ""
     for name, v in versions.items():
         v["weight"] = 100 if name == target else 0

@@ -68,6 +68,9 @@ def test_promote_then_rollback() -> None:
     assert "projects" not in promoted["digits"]["versions"]["v2"]  # no longer a canary
     back, target = rollback(promoted, "digits")
     assert target == "v1" and weights(back, "digits") == {"v1": 100, "v2": 0}
+    # a canary again for its projects only: others cannot ask for it by name after the rollback
+    assert back["digits"]["versions"]["v2"]["projects"] == ["vision-beta"]
+    assert "lifted_projects" not in back["digits"]["versions"]["v2"]
     assert back["digits"]["stable"] == "v1" and back["digits"]["previous"] == ""
     with pytest.raises(CatalogError, match="nothing to roll back"):
         rollback(back, "digits")
