@@ -176,12 +176,10 @@ class _Clock:
         return self.now
 
 
-async def test_a_burst_that_stops_is_still_judged_on_all_its_rows_after_the_delay(
-    redis: aioredis.Redis, stack: Stack, tmp_path
-) -> None:  # type: ignore[no-untyped-def]
-    """Real OPA answers data.extauthz.analytics.response; the worker's clock is ours."""
-    await _clean(redis)
-    rng = random.Random(1)
+async def _clocked_worker(
+    redis: aioredis.Redis, stack: Stack, tmp_path: Any, rng: random.Random
+) -> tuple[Worker, _Clock]:
+    """A worker on our clock owning every shard, with model "m" profiled from 200 rows."""
     sample = [[rng.gauss(0, 1) for _ in range(8)] for _ in range(200)]
     clock = _Clock()
     actions = ActionStore(redis, ActionLog(str(tmp_path / "decisions.log")), clock=clock)
@@ -189,6 +187,16 @@ async def test_a_burst_that_stops_is_still_judged_on_all_its_rows_after_the_dela
     await worker.claim()
     await worker.refresh()
     worker.config.profiles["m"] = build_profile("m", sample)
+    return worker, clock
+
+
+async def test_a_burst_that_stops_is_still_judged_on_all_its_rows_after_the_delay(
+    redis: aioredis.Redis, stack: Stack, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """Real OPA answers data.extauthz.analytics.response; the worker's clock is ours."""
+    await _clean(redis)
+    rng = random.Random(1)
+    worker, clock = await _clocked_worker(redis, stack, tmp_path, rng)
     emitter = QueryEmitter(redis, shards=SHARDS, maxlen=1000)
 
     async def send(n: int) -> None:
@@ -297,13 +305,7 @@ async def test_opa_away_the_worker_keeps_scoring_and_asks_again_later(
 
     await _clean(redis)
     rng = random.Random(6)
-    sample = [[rng.gauss(0, 1) for _ in range(8)] for _ in range(200)]
-    clock = _Clock()
-    actions = ActionStore(redis, ActionLog(str(tmp_path / "decisions.log")), clock=clock)
-    worker = Worker(redis, stack.settings.opa_url, actions, shards=SHARDS, clock=clock)
-    await worker.claim()
-    await worker.refresh()
-    worker.config.profiles["m"] = build_profile("m", sample)
+    worker, clock = await _clocked_worker(redis, stack, tmp_path, rng)
     worker._opa = f"http://127.0.0.1:{free_ports(1)[0]}"  # nothing listens there
     emitter = QueryEmitter(redis, shards=SHARDS, maxlen=1000)
     for _ in range(40):
